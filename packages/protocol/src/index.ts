@@ -1,0 +1,3 @@
+export * from './errors.js';
+export * from './run-status.js';
+export * from './schemas.js';

@@ -1,0 +1,291 @@
+import { type Static, Type } from 'typebox';
+
+/** Lifecycle of a run; the last three are terminal. */
+export const RUN_STATUSES = ['CREATED', 'QUEUED', 'RUNNING', 'COMPLETED', 'FAILED', 'CANCELED'] as const;
+export const TERMINAL_STATUSES = ['COMPLETED', 'FAILED', 'CANCELED'] as const;
+export const RUN_KINDS = ['external', 'git-mirror'] as const;
+export const ROLES = ['admin', 'operator', 'viewer'] as const;
+export const MEMBER_ROLES = ['operator', 'viewer'] as const;
+export const LOG_LEVELS = ['debug', 'info', 'warn', 'error'] as const;
+/** Pipeline stages of a git-mirror run; external runs report stages of their own. */
+export const GIT_MIRROR_STAGES = ['DISCOVERY', 'EXPORT', 'TRANSFORM', 'PLAN', 'APPLY', 'VERIFY'] as const;
+
+const id = (prefix: string) => Type.String({ pattern: `^${prefix}_[0-9A-HJKMNP-TV-Z]{26}$` });
+
+export const RunId = id('run');
+export const ProjectId = id('prj');
+export const UserId = id('usr');
+export const TokenId = id('tok');
+
+export const RunStatus = Type.Enum(RUN_STATUSES);
+export type RunStatus = Static<typeof RunStatus>;
+export type TerminalStatus = (typeof TERMINAL_STATUSES)[number];
+export const RunKind = Type.Enum(RUN_KINDS);
+export type RunKind = Static<typeof RunKind>;
+export const Role = Type.Enum(ROLES);
+export type Role = Static<typeof Role>;
+export const MemberRole = Type.Enum(MEMBER_ROLES);
+export type MemberRole = Static<typeof MemberRole>;
+export const LogLevel = Type.Enum(LOG_LEVELS);
+export type LogLevel = Static<typeof LogLevel>;
+
+const Timestamp = Type.String({ format: 'date-time' });
+const Count = Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER });
+const Text = (maxLength: number) => Type.String({ maxLength });
+
+/** Fine-grained progress of the current step. */
+export const Progress = Type.Object(
+  {
+    percentage: Type.Optional(Type.Number({ minimum: 0, maximum: 100 })),
+    message: Type.Optional(Type.Union([Text(1000), Type.Null()])),
+    done: Type.Optional(Type.Union([Type.Number({ minimum: 0 }), Type.Null()])),
+    total: Type.Optional(Type.Union([Type.Number({ minimum: 0 }), Type.Null()])),
+    unit: Type.Optional(Type.Union([Text(40), Type.Null()])),
+    rate_per_s: Type.Optional(Type.Union([Type.Number({ minimum: 0 }), Type.Null()])),
+    eta_s: Type.Optional(Type.Union([Type.Number({ minimum: 0 }), Type.Null()])),
+  },
+  { additionalProperties: false },
+);
+export type Progress = Static<typeof Progress>;
+
+/** Counters of the whole run. */
+export const Stats = Type.Object(
+  {
+    repositories: Type.Optional(Count),
+    repositories_done: Type.Optional(Count),
+    refs: Type.Optional(Count),
+    objects: Type.Optional(Count),
+    bytes: Type.Optional(Count),
+    errors: Type.Optional(Count),
+  },
+  { additionalProperties: false },
+);
+export type Stats = Static<typeof Stats>;
+
+/** Why a run failed. */
+export const RunError = Type.Object(
+  { code: Text(80), message: Text(4000), details: Type.Optional(Type.Unknown()) },
+  { additionalProperties: false },
+);
+export type RunError = Static<typeof RunError>;
+
+/** The whole observable state of a run at one seq. */
+export const RunSnapshot = Type.Object({
+  run_id: Type.String(),
+  project_id: Type.String(),
+  kind: RunKind,
+  mode: Type.Union([Type.String(), Type.Null()]),
+  status: RunStatus,
+  stage: Type.Union([Type.String(), Type.Null()]),
+  current_stage: Type.Union([Type.String(), Type.Null()]),
+  progress: Type.Union([Progress, Type.Null()]),
+  stats: Type.Union([Stats, Type.Null()]),
+  seq: Count,
+  created_at: Timestamp,
+  started_at: Type.Union([Timestamp, Type.Null()]),
+  finished_at: Type.Union([Timestamp, Type.Null()]),
+  updated_at: Timestamp,
+  error: Type.Union([RunError, Type.Null()]),
+  retry_of: Type.Union([Type.String(), Type.Null()]),
+});
+export type RunSnapshot = Static<typeof RunSnapshot>;
+
+/** Body of `PATCH /runs/{run_id}/progress`: a present field replaces, an absent one is untouched. */
+export const ProgressUpdate = Type.Object(
+  {
+    status: Type.Optional(RunStatus),
+    stage: Type.Optional(Type.Union([Text(80), Type.Null()])),
+    current_stage: Type.Optional(Type.Union([Text(500), Type.Null()])),
+    progress: Type.Optional(Type.Union([Progress, Type.Null()])),
+    stats: Type.Optional(Type.Union([Stats, Type.Null()])),
+    error: Type.Optional(Type.Union([RunError, Type.Null()])),
+  },
+  { additionalProperties: false },
+);
+export type ProgressUpdate = Static<typeof ProgressUpdate>;
+
+/** One log line as a producer sends it. */
+export const LogEntry = Type.Object(
+  {
+    level: LogLevel,
+    message: Text(8000),
+    stage: Type.Optional(Type.Union([Text(80), Type.Null()])),
+    data: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
+  },
+  { additionalProperties: false },
+);
+export type LogEntry = Static<typeof LogEntry>;
+
+/** Body of `POST /runs/{run_id}/logs`: one entry, or a batch. */
+export const LogBatch = Type.Object(
+  { entries: Type.Array(LogEntry, { minItems: 1, maxItems: 1000 }) },
+  { additionalProperties: false },
+);
+export type LogBatch = Static<typeof LogBatch>;
+export const LogsBody = Type.Union([LogEntry, LogBatch]);
+export type LogsBody = Static<typeof LogsBody>;
+
+/** Answer of `POST /runs/{run_id}/logs`: the seqs the entries took. */
+export const LogsAccepted = Type.Object({ run_id: Type.String(), first_seq: Count, last_seq: Count });
+export type LogsAccepted = Static<typeof LogsAccepted>;
+
+export const UpdateEvent = Type.Object({
+  run_id: Type.String(),
+  seq: Count,
+  type: Type.Literal('update'),
+  at: Timestamp,
+  snapshot: RunSnapshot,
+});
+export type UpdateEvent = Static<typeof UpdateEvent>;
+
+export const LogEvent = Type.Object({
+  run_id: Type.String(),
+  seq: Count,
+  type: Type.Literal('log'),
+  at: Timestamp,
+  log: LogEntry,
+});
+export type LogEvent = Static<typeof LogEvent>;
+
+/** What every transport carries after the opening snapshot. */
+export const RunEvent = Type.Union([UpdateEvent, LogEvent]);
+export type RunEvent = Static<typeof RunEvent>;
+
+/** Opens every subscription (and follows a gap, with `events_truncated`). */
+export const SnapshotEvent = Type.Object({
+  run_id: Type.String(),
+  seq: Count,
+  type: Type.Literal('snapshot'),
+  at: Timestamp,
+  snapshot: RunSnapshot,
+  events_truncated: Type.Optional(Type.Boolean()),
+});
+export type SnapshotEvent = Static<typeof SnapshotEvent>;
+
+/** Answer of `GET /runs/{run_id}/progress`, with `events` when `since` was given. */
+export const ProgressResponse = Type.Intersect([
+  RunSnapshot,
+  Type.Object({
+    events: Type.Optional(Type.Array(LogEvent)),
+    events_truncated: Type.Optional(Type.Boolean()),
+    events_more: Type.Optional(Type.Boolean()),
+  }),
+]);
+export type ProgressResponse = Static<typeof ProgressResponse>;
+
+/** Answer of `GET /runs/{run_id}/events`. */
+export const EventsPage = Type.Object({
+  run_id: Type.String(),
+  events: Type.Array(LogEvent),
+  events_truncated: Type.Boolean(),
+  next_since: Count,
+  seq: Count,
+});
+export type EventsPage = Static<typeof EventsPage>;
+
+export const ErrorBody = Type.Object({
+  error: Type.Object({ code: Type.String(), message: Type.String(), details: Type.Optional(Type.Unknown()) }),
+});
+export type ErrorBody = Static<typeof ErrorBody>;
+
+export const User = Type.Object({
+  user_id: Type.String(),
+  username: Type.String(),
+  role: Role,
+  created_at: Timestamp,
+});
+export type User = Static<typeof User>;
+
+export const Username = Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9_.@-]+$' });
+export const Password = Type.String({ minLength: 8, maxLength: 256 });
+
+export const LoginRequest = Type.Object(
+  {
+    username: Type.String({ minLength: 1, maxLength: 64 }),
+    password: Type.String({ minLength: 1, maxLength: 256 }),
+  },
+  { additionalProperties: false },
+);
+export type LoginRequest = Static<typeof LoginRequest>;
+
+export const LoginResponse = Type.Object({ token: Type.String(), expires_at: Timestamp, user: User });
+export type LoginResponse = Static<typeof LoginResponse>;
+
+/** Answer of `GET /auth/me`: a user, or the API token that authenticated. */
+export const Me = Type.Object({
+  kind: Type.Union([Type.Literal('user'), Type.Literal('token')]),
+  user: Type.Union([User, Type.Null()]),
+  token: Type.Union([
+    Type.Object({ token_id: Type.String(), project_id: Type.String(), name: Type.String() }),
+    Type.Null(),
+  ]),
+});
+export type Me = Static<typeof Me>;
+
+export const CreateUser = Type.Object(
+  { username: Username, password: Password, role: Role },
+  { additionalProperties: false },
+);
+export type CreateUser = Static<typeof CreateUser>;
+
+export const ApiToken = Type.Object({
+  token_id: Type.String(),
+  project_id: Type.String(),
+  name: Type.String(),
+  created_by: Type.String(),
+  created_at: Timestamp,
+  revoked_at: Type.Union([Timestamp, Type.Null()]),
+});
+export type ApiToken = Static<typeof ApiToken>;
+
+export const CreateApiToken = Type.Object(
+  { project_id: ProjectId, name: Type.String({ minLength: 1, maxLength: 100 }) },
+  { additionalProperties: false },
+);
+export type CreateApiToken = Static<typeof CreateApiToken>;
+
+/** The one answer that shows a token's secret. */
+export const CreatedApiToken = Type.Intersect([ApiToken, Type.Object({ token: Type.String() })]);
+export type CreatedApiToken = Static<typeof CreatedApiToken>;
+
+export const Project = Type.Object({
+  project_id: Type.String(),
+  name: Type.String(),
+  created_at: Timestamp,
+  role: Type.Union([Role, Type.Null()]),
+});
+export type Project = Static<typeof Project>;
+
+export const CreateProject = Type.Object(
+  { name: Type.String({ minLength: 1, maxLength: 200 }) },
+  { additionalProperties: false },
+);
+export type CreateProject = Static<typeof CreateProject>;
+
+export const Member = Type.Object({
+  project_id: Type.String(),
+  user_id: Type.String(),
+  username: Type.String(),
+  role: MemberRole,
+});
+export type Member = Static<typeof Member>;
+
+export const AddMember = Type.Object({ user_id: UserId, role: MemberRole }, { additionalProperties: false });
+export type AddMember = Static<typeof AddMember>;
+
+export const CreateRun = Type.Object(
+  {
+    project_id: ProjectId,
+    kind: RunKind,
+    mode: Type.Optional(Type.String({ minLength: 1, maxLength: 40 })),
+    config: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
+  },
+  { additionalProperties: false },
+);
+export type CreateRun = Static<typeof CreateRun>;
+
+export const RunList = Type.Object({
+  runs: Type.Array(RunSnapshot),
+  next_cursor: Type.Union([Type.String(), Type.Null()]),
+});
+export type RunList = Static<typeof RunList>;

@@ -1,0 +1,77 @@
+import { AppError } from '../errors.js';
+import type { RunRecord, Store } from '../store/store.js';
+import type { Principal } from './principal.js';
+
+/** What a principal may do in one project. */
+export type ProjectAccess = 'admin' | 'operator' | 'viewer';
+
+const WRITERS: readonly ProjectAccess[] = ['admin', 'operator'];
+
+/**
+ * Who may do what to which project and run. A run is visible only through its project, and an
+ * invisible run is reported exactly like a missing one.
+ */
+export class Policy {
+  constructor(private readonly store: Store) {}
+
+  /** The principal's access to a project, or undefined when it may not see it. */
+  async projectAccess(principal: Principal, projectId: string): Promise<ProjectAccess | undefined> {
+    if (principal.kind === 'token') return principal.token.project_id === projectId ? 'operator' : undefined;
+    if (principal.user.role === 'admin')
+      return (await this.store.getProject(projectId)) ? 'admin' : undefined;
+    const role = await this.store.getMemberRole(projectId, principal.user.user_id);
+    if (role === undefined) return undefined;
+    // A global viewer stays a viewer whatever the membership says.
+    return principal.user.role === 'viewer' ? 'viewer' : role;
+  }
+
+  /** Access to a visible project; PROJECT_NOT_FOUND otherwise. */
+  async requireProject(principal: Principal, projectId: string, write = false): Promise<ProjectAccess> {
+    const access = await this.projectAccess(principal, projectId);
+    if (access === undefined) throw new AppError('PROJECT_NOT_FOUND', `project ${projectId} not found`);
+    if (write && !WRITERS.includes(access)) {
+      throw new AppError('FORBIDDEN', `your role in project ${projectId} is ${access}; this needs operator`);
+    }
+    return access;
+  }
+
+  /** A run the principal may see (and, with `write`, change); RUN_NOT_FOUND when it may not see it. */
+  async requireRun(principal: Principal, runId: string, write = false): Promise<RunRecord> {
+    const run = await this.store.getRun(runId);
+    const access = run && (await this.projectAccess(principal, run.project_id));
+    if (!run || access === undefined) throw new AppError('RUN_NOT_FOUND', `run ${runId} not found`);
+    if (write && !WRITERS.includes(access)) {
+      throw new AppError('FORBIDDEN', `your role in this run's project is ${access}; this needs operator`);
+    }
+    return run;
+  }
+
+  /** The projects whose runs the principal may list. */
+  async visibleProjectIds(principal: Principal): Promise<readonly string[] | 'all'> {
+    if (principal.kind === 'token') return [principal.token.project_id];
+    if (principal.user.role === 'admin') return 'all';
+    return this.store.memberProjectIds(principal.user.user_id, ['operator', 'viewer']);
+  }
+
+  /** Projects where the principal may manage tokens and members. */
+  async writableProjectIds(principal: Principal): Promise<readonly string[] | 'all'> {
+    if (principal.kind === 'token') return [];
+    if (principal.user.role === 'admin') return 'all';
+    if (principal.user.role === 'viewer') return [];
+    return this.store.memberProjectIds(principal.user.user_id, ['operator']);
+  }
+
+  /** Only admins manage users. */
+  requireAdmin(principal: Principal): void {
+    if (principal.kind !== 'user' || principal.user.role !== 'admin') {
+      throw new AppError('FORBIDDEN', 'only an admin may do this');
+    }
+  }
+
+  /** Creating projects takes a user who is an admin or an operator. */
+  requireOperatorUser(principal: Principal): void {
+    if (principal.kind !== 'user' || principal.user.role === 'viewer') {
+      throw new AppError('FORBIDDEN', 'only an admin or an operator may do this');
+    }
+  }
+}

@@ -1,0 +1,43 @@
+import { describe, expect, it } from 'vitest';
+import { ConfigError, loadConfig } from './config.js';
+
+describe('configuration', () => {
+  it('has working defaults', () => {
+    expect(loadConfig({}, [])).toMatchObject({
+      host: '127.0.0.1',
+      port: 8080,
+      dataDir: './data',
+      logLevel: 'info',
+      eventRetention: 10_000,
+    });
+  });
+
+  it('lets flags win over env', () => {
+    expect(loadConfig({ PORT: '9000', HOST: '0.0.0.0' }, ['--port', '9100']).port).toBe(9100);
+  });
+
+  it.each([
+    [{ PORT: 'eighty' }, 'PORT'],
+    [{ PORT: '70000' }, 'PORT'],
+    [{ LOG_LEVEL: 'loud' }, 'LOG_LEVEL'],
+    [{ RUNCAST_SECRET: 'short' }, 'RUNCAST_SECRET'],
+    [{ RUNCAST_ADMIN_PASSWORD: 'abc' }, 'RUNCAST_ADMIN_PASSWORD'],
+    [{ RUNCAST_EVENT_RETENTION: '0' }, 'RUNCAST_EVENT_RETENTION'],
+    [{ RUNCAST_ALLOWED_ORIGINS: 'not a url' }, 'RUNCAST_ALLOWED_ORIGINS'],
+    [{ RUNCAST_COOKIE_SECURE: 'maybe' }, 'RUNCAST_COOKIE_SECURE'],
+  ])('stops on %j with a one-line message naming %s', (env, name) => {
+    let error: unknown;
+    try {
+      loadConfig(env, []);
+    } catch (err) {
+      error = err;
+    }
+    expect(error).toBeInstanceOf(ConfigError);
+    expect((error as Error).message).toContain(name);
+    expect((error as Error).message).not.toContain('\n');
+  });
+
+  it('names an unknown flag', () => {
+    expect(() => loadConfig({}, ['--prot', '1'])).toThrow(/prot/);
+  });
+});

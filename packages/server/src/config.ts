@@ -1,0 +1,134 @@
+import { parseArgs } from 'node:util';
+
+/** Every setting of the server, read from env and flags once and validated. */
+export interface Config {
+  host: string;
+  port: number;
+  dataDir: string;
+  /** Password of the bootstrap `admin` on first start; generated and printed once when unset. */
+  adminPassword: string | undefined;
+  /** Token signing key; generated and kept in the data dir when unset. */
+  secret: string | undefined;
+  logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+  /** Largest accepted request body. */
+  bodyLimitBytes: number;
+  /** Log events kept per run for replay. */
+  eventRetention: number;
+  /** Lifetime of a login token. */
+  tokenTtlS: number;
+  /** Login attempts allowed per client address and minute. */
+  loginRateLimitPerMin: number;
+  /** Origins besides the server's own that may send cookie-authenticated state changes. */
+  allowedOrigins: string[];
+  /** Set the Secure flag on the session cookie (behind HTTPS). */
+  cookieSecure: boolean;
+  /** SQLite `synchronous`: NORMAL survives a process crash; FULL also a power loss. */
+  sqliteSynchronous: 'NORMAL' | 'FULL';
+  /** Most events one `GET /progress?since=` or `/events` answer carries. */
+  eventsPageLimit: number;
+}
+
+/** A setting with a bad value; the message names it, on one line. */
+export class ConfigError extends Error {
+  readonly code = 'CONFIG_INVALID';
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+type Env = Record<string, string | undefined>;
+
+const FLAGS = {
+  host: { type: 'string' },
+  port: { type: 'string' },
+  'data-dir': { type: 'string' },
+  'log-level': { type: 'string' },
+} as const;
+
+function integer(name: string, raw: string | undefined, fallback: number, min: number, max: number): number {
+  if (raw === undefined || raw === '') return fallback;
+  if (!/^\d+$/.test(raw)) throw new ConfigError(`${name} must be an integer, got "${raw}"`);
+  const value = Number(raw);
+  if (value < min || value > max)
+    throw new ConfigError(`${name} must be between ${min} and ${max}, got ${raw}`);
+  return value;
+}
+
+function oneOf<T extends string>(
+  name: string,
+  raw: string | undefined,
+  allowed: readonly T[],
+  fallback: T,
+): T {
+  if (raw === undefined || raw === '') return fallback;
+  const value = raw.trim();
+  if (!(allowed as readonly string[]).includes(value)) {
+    throw new ConfigError(`${name} must be one of ${allowed.join(', ')}, got "${raw}"`);
+  }
+  return value as T;
+}
+
+function boolean(name: string, raw: string | undefined, fallback: boolean): boolean {
+  if (raw === undefined || raw === '') return fallback;
+  if (/^(1|true|yes|on)$/i.test(raw)) return true;
+  if (/^(0|false|no|off)$/i.test(raw)) return false;
+  throw new ConfigError(`${name} must be true or false, got "${raw}"`);
+}
+
+/** Reads the configuration from `env` and command-line `args` (flags win over env). */
+export function loadConfig(env: Env = process.env, args: string[] = []): Config {
+  let flags: Record<string, string | undefined>;
+  try {
+    flags = parseArgs({ args, options: FLAGS, strict: true, allowPositionals: false }).values;
+  } catch (err) {
+    throw new ConfigError((err as Error).message.split('\n')[0] ?? 'bad command-line flag');
+  }
+  const host = flags.host ?? env.HOST ?? '127.0.0.1';
+  if (host.trim() === '') throw new ConfigError('HOST must not be empty');
+  const secret = env.RUNCAST_SECRET || undefined;
+  if (secret !== undefined && secret.length < 32) {
+    throw new ConfigError('RUNCAST_SECRET must be at least 32 characters');
+  }
+  const adminPassword = env.RUNCAST_ADMIN_PASSWORD || undefined;
+  if (adminPassword !== undefined && adminPassword.length < 8) {
+    throw new ConfigError('RUNCAST_ADMIN_PASSWORD must be at least 8 characters');
+  }
+  const allowedOrigins = (env.RUNCAST_ALLOWED_ORIGINS ?? '')
+    .split(',')
+    .map((origin) => origin.trim())
+    .filter(Boolean);
+  for (const origin of allowedOrigins) {
+    if (!/^https?:\/\/[^/]+$/.test(origin)) {
+      throw new ConfigError(
+        `RUNCAST_ALLOWED_ORIGINS entries must look like https://host[:port], got "${origin}"`,
+      );
+    }
+  }
+  return {
+    host,
+    port: integer('PORT', flags.port ?? env.PORT, 8080, 0, 65535),
+    dataDir: flags['data-dir'] ?? env.RUNCAST_DATA_DIR ?? './data',
+    adminPassword,
+    secret,
+    logLevel: oneOf(
+      'LOG_LEVEL',
+      flags['log-level'] ?? env.LOG_LEVEL,
+      ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'],
+      'info',
+    ),
+    bodyLimitBytes: integer('RUNCAST_BODY_LIMIT', env.RUNCAST_BODY_LIMIT, 256 * 1024, 1024, 64 * 1024 * 1024),
+    eventRetention: integer('RUNCAST_EVENT_RETENTION', env.RUNCAST_EVENT_RETENTION, 10_000, 1, 10_000_000),
+    tokenTtlS: integer('RUNCAST_TOKEN_TTL_S', env.RUNCAST_TOKEN_TTL_S, 12 * 3600, 60, 30 * 86400),
+    loginRateLimitPerMin: integer('RUNCAST_LOGIN_RATE_LIMIT', env.RUNCAST_LOGIN_RATE_LIMIT, 10, 1, 100_000),
+    allowedOrigins,
+    cookieSecure: boolean('RUNCAST_COOKIE_SECURE', env.RUNCAST_COOKIE_SECURE, false),
+    sqliteSynchronous: oneOf(
+      'RUNCAST_SQLITE_SYNCHRONOUS',
+      env.RUNCAST_SQLITE_SYNCHRONOUS,
+      ['NORMAL', 'FULL'],
+      'NORMAL',
+    ),
+    eventsPageLimit: integer('RUNCAST_EVENTS_PAGE_LIMIT', env.RUNCAST_EVENTS_PAGE_LIMIT, 1000, 1, 100_000),
+  };
+}

@@ -1,0 +1,55 @@
+import { type ErrorBody, isErrorCode } from '@runcast/protocol';
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { AppError } from '../errors.js';
+
+/** Maps Fastify's own error codes onto the contract's. */
+const FASTIFY_CODES: Record<string, AppError['code']> = {
+  FST_ERR_CTP_BODY_TOO_LARGE: 'PAYLOAD_TOO_LARGE',
+  FST_ERR_CTP_INVALID_JSON_BODY: 'INVALID_JSON',
+  FST_ERR_CTP_EMPTY_JSON_BODY: 'INVALID_JSON',
+  FST_ERR_CTP_INVALID_MEDIA_TYPE: 'UNSUPPORTED_MEDIA_TYPE',
+  FST_ERR_CTP_INVALID_CONTENT_LENGTH: 'INVALID_INPUT',
+  FST_ERR_VALIDATION: 'INVALID_INPUT',
+};
+
+function toAppError(err: FastifyError): AppError {
+  if (err instanceof AppError) return err;
+  if (err.validation) {
+    const where = err.validationContext ?? 'request';
+    const first = err.validation[0];
+    const path = first?.instancePath ? `${where}${first.instancePath.replaceAll('/', '.')}` : where;
+    const extra =
+      first?.keyword === 'additionalProperties'
+        ? ` "${(first.params as { additionalProperty?: string }).additionalProperty}" is not a known field`
+        : ` ${first?.message ?? 'is invalid'}`;
+    return new AppError('INVALID_INPUT', `${path}${extra}`, err.validation);
+  }
+  const mapped = err.code ? FASTIFY_CODES[err.code] : undefined;
+  if (mapped) return new AppError(mapped, err.message);
+  if (isErrorCode(err.code)) return new AppError(err.code, err.message);
+  if (err.statusCode && err.statusCode >= 400 && err.statusCode < 500) {
+    return new AppError('INVALID_INPUT', err.message);
+  }
+  return new AppError('INTERNAL', 'internal error');
+}
+
+/** Sends an AppError with the contract's body. */
+export function sendError(reply: FastifyReply, error: AppError): FastifyReply {
+  const body: ErrorBody = { error: { code: error.code, message: error.message } };
+  return reply.code(error.statusCode).type('application/json; charset=utf-8').send(body);
+}
+
+/** Every error leaves as `{"error": {"code", "message"}}` with the contract's status. */
+export function registerErrorHandling(app: FastifyInstance): void {
+  app.setErrorHandler((err: FastifyError, request: FastifyRequest, reply: FastifyReply) => {
+    const error = toAppError(err);
+    if (error.statusCode >= 500) request.log.error({ err }, 'request failed');
+    return sendError(reply, error);
+  });
+  app.setNotFoundHandler((request, reply) =>
+    sendError(
+      reply,
+      new AppError('NOT_FOUND', `no route for ${request.method} ${request.url.split('?')[0]}`),
+    ),
+  );
+}

@@ -1,0 +1,230 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
+import {
+  CreateRun,
+  isTerminal,
+  type LogEntry,
+  LogsBody,
+  type ProgressResponse,
+  ProgressUpdate,
+  ProjectId,
+  RUN_STATUSES,
+  RunId,
+  type RunStatus,
+} from '@runcast/protocol';
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import { Type } from 'typebox';
+import { requirePrincipal } from '../auth/plugin.js';
+import type { Policy } from '../auth/policy.js';
+import type { Principal } from '../auth/principal.js';
+import { AppError } from '../errors.js';
+import type { RunService } from './run-service.js';
+import type { SeqWaiters } from './seq-waiters.js';
+import { toSnapshot } from './snapshot.js';
+
+export interface RunRoutesOptions {
+  runs: RunService;
+  policy: Policy;
+  waiters: SeqWaiters;
+  eventsPageLimit: number;
+}
+
+const RunParams = Type.Object({ run_id: RunId });
+const Seq = Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER });
+const MAX_WAIT_S = 30;
+
+/** The seq named by an `If-None-Match` header (`"12"` or `W/"12"`), if it names exactly one. */
+export function etagSeq(header: string | undefined): number | undefined {
+  const match = header === undefined ? null : /^\s*(?:W\/)?"(\d{1,16})"\s*$/.exec(header);
+  return match?.[1] === undefined ? undefined : Number(match[1]);
+}
+
+export const etagOf = (seq: number): string => `"${seq}"`;
+
+function principalId(principal: Principal): string {
+  return principal.kind === 'user' ? principal.user.user_id : principal.token.token_id;
+}
+
+function parseStatuses(raw: string | undefined): RunStatus[] | undefined {
+  if (raw === undefined || raw === '') return undefined;
+  const statuses = raw.split(',').map((s) => s.trim().toUpperCase());
+  for (const status of statuses) {
+    if (!(RUN_STATUSES as readonly string[]).includes(status)) {
+      throw new AppError(
+        'INVALID_INPUT',
+        `querystring.status "${status}" is not one of ${RUN_STATUSES.join(', ')}`,
+      );
+    }
+  }
+  return statuses as RunStatus[];
+}
+
+/** Runs: create, list, get, cancel, retry; progress (ETag, `since`, long-poll), logs and events. */
+export const runRoutes: FastifyPluginAsyncTypebox<RunRoutesOptions> = async (app, options) => {
+  const { runs, policy, waiters } = options;
+
+  app.post('/runs', { schema: { body: CreateRun, tags: ['runs'] } }, async (request, reply) => {
+    const principal = requirePrincipal(request);
+    await policy.requireProject(principal, request.body.project_id, true);
+    const run = await runs.create({ ...request.body, created_by: principalId(principal) });
+    return reply.code(201).send(toSnapshot(run));
+  });
+
+  app.get(
+    '/runs',
+    {
+      schema: {
+        querystring: Type.Object(
+          {
+            project_id: Type.Optional(ProjectId),
+            status: Type.Optional(Type.String({ maxLength: 200 })),
+            cursor: Type.Optional(RunId),
+            limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 200 })),
+          },
+          { additionalProperties: false },
+        ),
+        tags: ['runs'],
+      },
+    },
+    async (request) => {
+      const principal = requirePrincipal(request);
+      const { project_id, cursor, limit = 50 } = request.query;
+      let projectIds = await policy.visibleProjectIds(principal);
+      if (project_id !== undefined) {
+        await policy.requireProject(principal, project_id);
+        projectIds = [project_id];
+      }
+      const statuses = parseStatuses(request.query.status);
+      const page = await runs.list({ projectIds, statuses, before: cursor, limit: limit + 1 });
+      const more = page.length > limit;
+      const shown = more ? page.slice(0, limit) : page;
+      return {
+        runs: shown.map(toSnapshot),
+        next_cursor: more ? (shown[shown.length - 1]?.run_id ?? null) : null,
+      };
+    },
+  );
+
+  app.get('/runs/:run_id', { schema: { params: RunParams, tags: ['runs'] } }, async (request, reply) => {
+    const run = await policy.requireRun(requirePrincipal(request), request.params.run_id);
+    reply.header('etag', etagOf(run.seq));
+    return toSnapshot(run);
+  });
+
+  app.post('/runs/:run_id/cancel', { schema: { params: RunParams, tags: ['runs'] } }, async (request) => {
+    await policy.requireRun(requirePrincipal(request), request.params.run_id, true);
+    return runs.cancel(request.params.run_id);
+  });
+
+  app.post(
+    '/runs/:run_id/retry',
+    { schema: { params: RunParams, tags: ['runs'] } },
+    async (request, reply) => {
+      const principal = requirePrincipal(request);
+      await policy.requireRun(principal, request.params.run_id, true);
+      const run = await runs.retry(request.params.run_id, principalId(principal));
+      return reply.code(201).send(toSnapshot(run));
+    },
+  );
+
+  const progressQuery = Type.Object(
+    { since: Type.Optional(Seq), wait: Type.Optional(Type.Integer({ minimum: 0, maximum: MAX_WAIT_S })) },
+    { additionalProperties: false },
+  );
+
+  async function answerProgress(
+    request: FastifyRequest,
+    reply: FastifyReply,
+    runId: string,
+    since: number | undefined,
+  ): Promise<ProgressResponse | FastifyReply> {
+    const replay = await runs.replay(runId, since ?? Number.MAX_SAFE_INTEGER, options.eventsPageLimit);
+    if (!replay) throw new AppError('RUN_NOT_FOUND', `run ${runId} not found`);
+    const { run } = replay;
+    reply.header('etag', etagOf(run.seq)).header('cache-control', 'no-cache');
+    if (etagSeq(request.headers['if-none-match']) === run.seq) return reply.code(304).send();
+    const body: ProgressResponse = toSnapshot(run);
+    if (since !== undefined) {
+      body.events = replay.events;
+      body.events_truncated = replay.truncated;
+      if (replay.more) body.events_more = true;
+    }
+    return body;
+  }
+
+  app.get(
+    '/runs/:run_id/progress',
+    { schema: { params: RunParams, querystring: progressQuery, tags: ['runs'] } },
+    async (request, reply) => {
+      const { run_id } = request.params;
+      const run = await policy.requireRun(requirePrincipal(request), run_id);
+      const { since, wait = 0 } = request.query;
+      const cursor = since ?? etagSeq(request.headers['if-none-match']);
+      if (wait > 0 && cursor !== undefined && run.seq <= cursor && !isTerminal(run.status)) {
+        const pending = waiters.wait(run_id, cursor, wait * 1000);
+        // The connection may go away while we wait; stop waiting for it then.
+        const onClose = () => pending.cancel();
+        request.raw.once('close', onClose);
+        // Re-read after registering: an event committed since the first read must not be missed.
+        const current = await runs.get(run_id);
+        if (current && current.seq > cursor) pending.cancel();
+        else await pending.done;
+        request.raw.off('close', onClose);
+      }
+      return answerProgress(request, reply, run_id, since);
+    },
+  );
+
+  app.patch(
+    '/runs/:run_id/progress',
+    { schema: { params: RunParams, body: ProgressUpdate, tags: ['runs'] } },
+    async (request, reply) => {
+      await policy.requireRun(requirePrincipal(request), request.params.run_id, true);
+      const snapshot = await runs.updateProgress(request.params.run_id, request.body);
+      reply.header('etag', etagOf(snapshot.seq));
+      return snapshot;
+    },
+  );
+
+  app.post(
+    '/runs/:run_id/logs',
+    { schema: { params: RunParams, body: LogsBody, tags: ['runs'] } },
+    async (request, reply) => {
+      await policy.requireRun(requirePrincipal(request), request.params.run_id, true);
+      const body = request.body;
+      const entries: LogEntry[] = 'entries' in body ? body.entries : [body];
+      const seqs = await runs.appendLogs(request.params.run_id, entries);
+      return reply.code(201).send({ run_id: request.params.run_id, ...seqs });
+    },
+  );
+
+  app.get(
+    '/runs/:run_id/events',
+    {
+      schema: {
+        params: RunParams,
+        querystring: Type.Object(
+          { since: Type.Optional(Seq), limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 10_000 })) },
+          { additionalProperties: false },
+        ),
+        tags: ['runs'],
+      },
+    },
+    async (request) => {
+      const { run_id } = request.params;
+      await policy.requireRun(requirePrincipal(request), run_id);
+      const since = request.query.since ?? 0;
+      const limit = Math.min(request.query.limit ?? options.eventsPageLimit, options.eventsPageLimit);
+      const replay = await runs.replay(run_id, since, limit);
+      if (!replay) throw new AppError('RUN_NOT_FOUND', `run ${run_id} not found`);
+      const last = replay.events[replay.events.length - 1];
+      return {
+        run_id,
+        events: replay.events,
+        events_truncated: replay.truncated,
+        // Without more events the cursor may jump to the run's seq: nothing retained lies between.
+        next_since: replay.more ? (last?.seq ?? since) : Math.max(since, replay.run.seq),
+        seq: replay.run.seq,
+      };
+    },
+  );
+};

@@ -1,0 +1,186 @@
+import {
+  canTransition,
+  isTerminal,
+  type LogEntry,
+  type LogEvent,
+  type ProgressUpdate,
+  type RunEvent,
+  type RunKind,
+  type RunSnapshot,
+  type RunStatus,
+} from '@runcast/protocol';
+import type { Bus } from '../bus/bus.js';
+import { AppError } from '../errors.js';
+import { newId } from '../ids.js';
+import type { RunChange, RunQuery, RunRecord, RunReplay, Store } from '../store/store.js';
+import { toSnapshot } from './snapshot.js';
+
+/** Kinds a run can be created with; `git-mirror` joins when its executor is registered. */
+export type AvailableKinds = ReadonlySet<RunKind>;
+
+export interface NewRun {
+  project_id: string;
+  kind: RunKind;
+  mode?: string | undefined;
+  config?: Record<string, unknown> | undefined;
+  created_by: string;
+  retry_of?: string;
+}
+
+/** Applies a partial update: a present field replaces the stored one, an absent one is untouched. */
+export function applyProgressUpdate(run: RunRecord, patch: ProgressUpdate, at: string): RunRecord {
+  if (isTerminal(run.status)) {
+    throw new AppError('RUN_TERMINAL', `run ${run.run_id} is ${run.status} and can no longer change`);
+  }
+  const next: RunRecord = { ...run, updated_at: at };
+  if (patch.status !== undefined) {
+    if (!canTransition(run.kind, run.status, patch.status)) {
+      throw new AppError(
+        'INVALID_TRANSITION',
+        `a ${run.kind} run cannot go from ${run.status} to ${patch.status}`,
+      );
+    }
+    next.status = patch.status;
+  }
+  if (Object.hasOwn(patch, 'stage')) next.stage = patch.stage ?? null;
+  if (Object.hasOwn(patch, 'current_stage')) next.current_stage = patch.current_stage ?? null;
+  if (Object.hasOwn(patch, 'progress')) next.progress = patch.progress ?? null;
+  if (Object.hasOwn(patch, 'stats')) next.stats = patch.stats ?? null;
+  if (Object.hasOwn(patch, 'error')) next.error = patch.error ?? null;
+  if (next.status === 'RUNNING' && next.started_at === null) next.started_at = at;
+  if (isTerminal(next.status)) next.finished_at = at;
+  next.seq = run.seq + 1;
+  return next;
+}
+
+function updateEvent(run: RunRecord, at: string): RunEvent {
+  return { run_id: run.run_id, seq: run.seq, type: 'update', at, snapshot: toSnapshot(run) };
+}
+
+/**
+ * The only writer of runs. Every change is committed with its seq before it is acknowledged, and
+ * then handed to the Bus.
+ */
+export class RunService {
+  constructor(
+    private readonly store: Store,
+    private readonly bus: Bus,
+    private readonly availableKinds: AvailableKinds = new Set<RunKind>(['external']),
+    private readonly now: () => Date = () => new Date(),
+  ) {}
+
+  /** Creates a run in CREATED state at seq 0. */
+  async create(input: NewRun): Promise<RunRecord> {
+    if (!this.availableKinds.has(input.kind)) {
+      throw new AppError('KIND_UNSUPPORTED', `runs of kind "${input.kind}" are not available on this server`);
+    }
+    const at = this.now().toISOString();
+    const run: RunRecord = {
+      run_id: newId('run'),
+      project_id: input.project_id,
+      kind: input.kind,
+      mode: input.mode ?? null,
+      status: 'CREATED',
+      stage: null,
+      current_stage: null,
+      progress: null,
+      stats: null,
+      seq: 0,
+      created_at: at,
+      started_at: null,
+      finished_at: null,
+      updated_at: at,
+      error: null,
+      retry_of: input.retry_of ?? null,
+      config: input.config ?? null,
+      created_by: input.created_by,
+      log_count: 0,
+      pruned_through_seq: 0,
+    };
+    await this.store.createRun(run);
+    return run;
+  }
+
+  get(runId: string): Promise<RunRecord | undefined> {
+    return this.store.getRun(runId);
+  }
+
+  list(query: RunQuery): Promise<RunRecord[]> {
+    return this.store.listRuns(query);
+  }
+
+  /** The run and its log events after `since`, read consistently. */
+  replay(runId: string, since: number, limit: number): Promise<RunReplay | undefined> {
+    return this.store.replay(runId, since, limit);
+  }
+
+  /** RunService.update_run_progress: partial update, one seq, durable when it resolves. */
+  async updateProgress(runId: string, patch: ProgressUpdate): Promise<RunSnapshot> {
+    const { run } = await this.commit(runId, (current) => {
+      const at = this.now().toISOString();
+      const next = applyProgressUpdate(current, patch, at);
+      return { run: next, logs: [] };
+    });
+    return toSnapshot(run);
+  }
+
+  /** Moves a run to `status` (used by the runner and by cancel). */
+  setStatus(runId: string, status: RunStatus, error?: ProgressUpdate['error']): Promise<RunSnapshot> {
+    return this.updateProgress(runId, error === undefined ? { status } : { status, error });
+  }
+
+  /** Appends log lines, one seq each. */
+  async appendLogs(
+    runId: string,
+    entries: readonly LogEntry[],
+  ): Promise<{ first_seq: number; last_seq: number }> {
+    const { logs } = await this.commit(runId, (current) => {
+      if (isTerminal(current.status)) {
+        throw new AppError('RUN_TERMINAL', `run ${runId} is ${current.status} and takes no more logs`);
+      }
+      const at = this.now().toISOString();
+      const events: LogEvent[] = entries.map((log, index) => ({
+        run_id: runId,
+        seq: current.seq + 1 + index,
+        type: 'log',
+        at,
+        log,
+      }));
+      return { run: { ...current, seq: current.seq + entries.length }, logs: events };
+    });
+    return { first_seq: logs[0]?.seq ?? 0, last_seq: logs[logs.length - 1]?.seq ?? 0 };
+  }
+
+  /** Ends a run CANCELED. */
+  cancel(runId: string): Promise<RunSnapshot> {
+    return this.setStatus(runId, 'CANCELED');
+  }
+
+  /** Creates a new run with the configuration of a FAILED or CANCELED one. */
+  async retry(runId: string, createdBy: string): Promise<RunRecord> {
+    const run = await this.store.getRun(runId);
+    if (!run) throw new AppError('RUN_NOT_FOUND', `run ${runId} not found`);
+    if (run.status !== 'FAILED' && run.status !== 'CANCELED') {
+      throw new AppError(
+        'INVALID_TRANSITION',
+        `only a FAILED or CANCELED run can be retried; this one is ${run.status}`,
+      );
+    }
+    return this.create({
+      project_id: run.project_id,
+      kind: run.kind,
+      mode: run.mode ?? undefined,
+      config: run.config ?? undefined,
+      created_by: createdBy,
+      retry_of: run.run_id,
+    });
+  }
+
+  private async commit(runId: string, change: (current: RunRecord) => RunChange): Promise<RunChange> {
+    const result = await this.store.commitRun(runId, change);
+    const events: RunEvent[] =
+      result.logs.length > 0 ? [...result.logs] : [updateEvent(result.run, result.run.updated_at)];
+    this.bus.publish(events);
+    return result;
+  }
+}

@@ -1,0 +1,390 @@
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import type { LogEntry, LogEvent, MemberRole } from '@runcast/protocol';
+import Database from 'better-sqlite3';
+import { AppError } from '../errors.js';
+import { SQLITE_MIGRATIONS } from './migrations.js';
+import type {
+  ApiTokenRecord,
+  MemberRecord,
+  ProjectRecord,
+  RunChange,
+  RunQuery,
+  RunRecord,
+  RunReplay,
+  SessionRecord,
+  Store,
+  UserRecord,
+} from './store.js';
+
+export interface SqliteStoreOptions {
+  /** Database file, or `:memory:` in unit tests. */
+  file: string;
+  /** Log events kept per run. */
+  eventRetention: number;
+  synchronous?: 'NORMAL' | 'FULL';
+}
+
+interface RunRow {
+  run_id: string;
+  project_id: string;
+  kind: string;
+  mode: string | null;
+  status: string;
+  stage: string | null;
+  current_stage: string | null;
+  progress: string | null;
+  stats: string | null;
+  error: string | null;
+  config: string | null;
+  seq: number;
+  created_by: string;
+  created_at: string;
+  started_at: string | null;
+  finished_at: string | null;
+  updated_at: string;
+  retry_of: string | null;
+  log_count: number;
+  pruned_through_seq: number;
+}
+
+interface EventRow {
+  run_id: string;
+  seq: number;
+  at: string;
+  body: string;
+}
+
+const json = (value: unknown): string | null =>
+  value === null || value === undefined ? null : JSON.stringify(value);
+const parse = <T>(text: string | null): T | null => (text === null ? null : (JSON.parse(text) as T));
+
+function rowToRun(row: RunRow): RunRecord {
+  return {
+    ...row,
+    kind: row.kind as RunRecord['kind'],
+    status: row.status as RunRecord['status'],
+    progress: parse(row.progress),
+    stats: parse(row.stats),
+    error: parse(row.error),
+    config: parse(row.config),
+  };
+}
+
+function runToRow(run: RunRecord): RunRow {
+  return {
+    run_id: run.run_id,
+    project_id: run.project_id,
+    kind: run.kind,
+    mode: run.mode,
+    status: run.status,
+    stage: run.stage,
+    current_stage: run.current_stage,
+    progress: json(run.progress),
+    stats: json(run.stats),
+    error: json(run.error),
+    config: json(run.config),
+    seq: run.seq,
+    created_by: run.created_by,
+    created_at: run.created_at,
+    started_at: run.started_at,
+    finished_at: run.finished_at,
+    updated_at: run.updated_at,
+    retry_of: run.retry_of,
+    log_count: run.log_count,
+    pruned_through_seq: run.pruned_through_seq,
+  };
+}
+
+const rowToEvent = (row: EventRow): LogEvent => ({
+  run_id: row.run_id,
+  seq: row.seq,
+  type: 'log',
+  at: row.at,
+  log: JSON.parse(row.body) as LogEntry,
+});
+
+const RUN_COLUMNS =
+  'run_id, project_id, kind, mode, status, stage, current_stage, progress, stats, error, config, seq, created_by, created_at, started_at, finished_at, updated_at, retry_of, log_count, pruned_through_seq';
+
+function isUniqueViolation(err: unknown): boolean {
+  return (
+    (err as { code?: string }).code === 'SQLITE_CONSTRAINT_PRIMARYKEY' ||
+    (err as { code?: string }).code === 'SQLITE_CONSTRAINT_UNIQUE'
+  );
+}
+
+/** The embedded default store: one SQLite file in WAL mode. */
+export class SqliteStore implements Store {
+  private readonly db: Database.Database;
+  private readonly retention: number;
+  private readonly sql;
+
+  constructor(options: SqliteStoreOptions) {
+    if (options.file !== ':memory:') mkdirSync(dirname(options.file), { recursive: true });
+    this.db = new Database(options.file);
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma(`synchronous = ${options.synchronous ?? 'NORMAL'}`);
+    this.db.pragma('foreign_keys = ON');
+    this.db.pragma('busy_timeout = 5000');
+    this.retention = options.eventRetention;
+    this.migrate();
+    const db = this.db;
+    this.sql = {
+      insertUser: db.prepare(
+        'INSERT INTO users (user_id, username, role, password_hash, created_at) VALUES (@user_id, @username, @role, @password_hash, @created_at)',
+      ),
+      userById: db.prepare('SELECT * FROM users WHERE user_id = ?'),
+      userByName: db.prepare('SELECT * FROM users WHERE username = ?'),
+      users: db.prepare('SELECT * FROM users ORDER BY username'),
+      countUsers: db.prepare('SELECT count(*) AS n FROM users').pluck(),
+      insertSession: db.prepare(
+        'INSERT INTO sessions (session_id, user_id, created_at, expires_at) VALUES (@session_id, @user_id, @created_at, @expires_at)',
+      ),
+      session: db.prepare('SELECT * FROM sessions WHERE session_id = ?'),
+      deleteSession: db.prepare('DELETE FROM sessions WHERE session_id = ?'),
+      deleteExpiredSessions: db.prepare('DELETE FROM sessions WHERE expires_at < ?'),
+      insertToken: db.prepare(
+        'INSERT INTO api_tokens (token_id, project_id, name, secret_hash, created_by, created_at, revoked_at) VALUES (@token_id, @project_id, @name, @secret_hash, @created_by, @created_at, @revoked_at)',
+      ),
+      token: db.prepare('SELECT * FROM api_tokens WHERE token_id = ?'),
+      allTokens: db.prepare('SELECT * FROM api_tokens ORDER BY token_id'),
+      revokeToken: db.prepare(
+        'UPDATE api_tokens SET revoked_at = ? WHERE token_id = ? AND revoked_at IS NULL',
+      ),
+      insertProject: db.prepare(
+        'INSERT INTO projects (project_id, name, created_by, created_at) VALUES (@project_id, @name, @created_by, @created_at)',
+      ),
+      project: db.prepare('SELECT * FROM projects WHERE project_id = ?'),
+      allProjects: db.prepare('SELECT * FROM projects ORDER BY project_id'),
+      memberProjects: db.prepare(
+        'SELECT p.* FROM projects p JOIN project_members m ON m.project_id = p.project_id WHERE m.user_id = ? ORDER BY p.project_id',
+      ),
+      upsertMember: db.prepare(
+        'INSERT INTO project_members (project_id, user_id, role) VALUES (?, ?, ?) ON CONFLICT (project_id, user_id) DO UPDATE SET role = excluded.role',
+      ),
+      deleteMember: db.prepare('DELETE FROM project_members WHERE project_id = ? AND user_id = ?'),
+      memberRole: db.prepare('SELECT role FROM project_members WHERE project_id = ? AND user_id = ?').pluck(),
+      members: db.prepare(
+        'SELECT m.project_id, m.user_id, u.username, m.role FROM project_members m JOIN users u ON u.user_id = m.user_id WHERE m.project_id = ? ORDER BY u.username',
+      ),
+      memberProjectIds: db.prepare('SELECT project_id, role FROM project_members WHERE user_id = ?'),
+      insertRun: db.prepare(
+        `INSERT INTO runs (${RUN_COLUMNS}) VALUES (${RUN_COLUMNS.split(', ')
+          .map((c) => `@${c}`)
+          .join(', ')})`,
+      ),
+      run: db.prepare(`SELECT ${RUN_COLUMNS} FROM runs WHERE run_id = ?`),
+      updateRun: db.prepare(
+        `UPDATE runs SET ${RUN_COLUMNS.split(', ')
+          .filter((c) => c !== 'run_id')
+          .map((c) => `${c} = @${c}`)
+          .join(', ')} WHERE run_id = @run_id`,
+      ),
+      insertEvent: db.prepare('INSERT INTO run_events (run_id, seq, type, at, body) VALUES (?, ?, ?, ?, ?)'),
+      oldestEventSeqs: db.prepare('SELECT seq FROM run_events WHERE run_id = ? ORDER BY seq LIMIT ?').pluck(),
+      deleteEventsThrough: db.prepare('DELETE FROM run_events WHERE run_id = ? AND seq <= ?'),
+      eventsAfter: db.prepare(
+        'SELECT run_id, seq, at, body FROM run_events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?',
+      ),
+      ping: db.prepare('SELECT 1').pluck(),
+    };
+  }
+
+  private migrate(): void {
+    const version = this.db.pragma('user_version', { simple: true }) as number;
+    if (version > SQLITE_MIGRATIONS.length) {
+      throw new Error(
+        `database schema version ${version} is newer than this Runcast (${SQLITE_MIGRATIONS.length}); upgrade Runcast`,
+      );
+    }
+    for (let next = version; next < SQLITE_MIGRATIONS.length; next++) {
+      this.db.transaction(() => {
+        this.db.exec(SQLITE_MIGRATIONS[next] ?? '');
+        this.db.pragma(`user_version = ${next + 1}`);
+      })();
+    }
+  }
+
+  /** Schema version after migrations. */
+  schemaVersion(): number {
+    return this.db.pragma('user_version', { simple: true }) as number;
+  }
+
+  async close(): Promise<void> {
+    if (this.db.open) this.db.close();
+  }
+
+  async ping(): Promise<void> {
+    this.sql.ping.get();
+  }
+
+  async createUser(user: UserRecord): Promise<void> {
+    try {
+      this.sql.insertUser.run(user);
+    } catch (err) {
+      if (isUniqueViolation(err))
+        throw new AppError('ALREADY_EXISTS', `user "${user.username}" already exists`);
+      throw err;
+    }
+  }
+
+  async getUser(userId: string): Promise<UserRecord | undefined> {
+    return this.sql.userById.get(userId) as UserRecord | undefined;
+  }
+
+  async getUserByUsername(username: string): Promise<UserRecord | undefined> {
+    return this.sql.userByName.get(username) as UserRecord | undefined;
+  }
+
+  async listUsers(): Promise<UserRecord[]> {
+    return this.sql.users.all() as UserRecord[];
+  }
+
+  async countUsers(): Promise<number> {
+    return this.sql.countUsers.get() as number;
+  }
+
+  async createSession(session: SessionRecord): Promise<void> {
+    this.sql.deleteExpiredSessions.run(new Date().toISOString());
+    this.sql.insertSession.run(session);
+  }
+
+  async getSession(sessionId: string): Promise<SessionRecord | undefined> {
+    return this.sql.session.get(sessionId) as SessionRecord | undefined;
+  }
+
+  async deleteSession(sessionId: string): Promise<void> {
+    this.sql.deleteSession.run(sessionId);
+  }
+
+  async createApiToken(token: ApiTokenRecord): Promise<void> {
+    this.sql.insertToken.run(token);
+  }
+
+  async getApiToken(tokenId: string): Promise<ApiTokenRecord | undefined> {
+    return this.sql.token.get(tokenId) as ApiTokenRecord | undefined;
+  }
+
+  async listApiTokens(projectIds: readonly string[] | 'all'): Promise<ApiTokenRecord[]> {
+    const all = this.sql.allTokens.all() as ApiTokenRecord[];
+    if (projectIds === 'all') return all;
+    const wanted = new Set(projectIds);
+    return all.filter((token) => wanted.has(token.project_id));
+  }
+
+  async revokeApiToken(tokenId: string, at: string): Promise<void> {
+    this.sql.revokeToken.run(at, tokenId);
+  }
+
+  async createProject(project: ProjectRecord): Promise<void> {
+    this.db.transaction(() => {
+      this.sql.insertProject.run(project);
+      this.sql.upsertMember.run(project.project_id, project.created_by, 'operator');
+    })();
+  }
+
+  async getProject(projectId: string): Promise<ProjectRecord | undefined> {
+    return this.sql.project.get(projectId) as ProjectRecord | undefined;
+  }
+
+  async listProjects(memberUserId: string | 'all'): Promise<ProjectRecord[]> {
+    return (
+      memberUserId === 'all' ? this.sql.allProjects.all() : this.sql.memberProjects.all(memberUserId)
+    ) as ProjectRecord[];
+  }
+
+  async setMember(projectId: string, userId: string, role: MemberRole): Promise<void> {
+    this.sql.upsertMember.run(projectId, userId, role);
+  }
+
+  async removeMember(projectId: string, userId: string): Promise<boolean> {
+    return this.sql.deleteMember.run(projectId, userId).changes > 0;
+  }
+
+  async getMemberRole(projectId: string, userId: string): Promise<MemberRole | undefined> {
+    return this.sql.memberRole.get(projectId, userId) as MemberRole | undefined;
+  }
+
+  async listMembers(projectId: string): Promise<MemberRecord[]> {
+    return this.sql.members.all(projectId) as MemberRecord[];
+  }
+
+  async memberProjectIds(userId: string, roles: readonly MemberRole[]): Promise<string[]> {
+    const rows = this.sql.memberProjectIds.all(userId) as { project_id: string; role: MemberRole }[];
+    return rows.filter((row) => roles.includes(row.role)).map((row) => row.project_id);
+  }
+
+  async createRun(run: RunRecord): Promise<void> {
+    this.sql.insertRun.run(runToRow(run));
+  }
+
+  async getRun(runId: string): Promise<RunRecord | undefined> {
+    const row = this.sql.run.get(runId) as RunRow | undefined;
+    return row && rowToRun(row);
+  }
+
+  async listRuns(query: RunQuery): Promise<RunRecord[]> {
+    const where: string[] = [];
+    const params: unknown[] = [];
+    if (query.projectIds !== 'all') {
+      if (query.projectIds.length === 0) return [];
+      where.push(`project_id IN (${query.projectIds.map(() => '?').join(', ')})`);
+      params.push(...query.projectIds);
+    }
+    if (query.statuses && query.statuses.length > 0) {
+      where.push(`status IN (${query.statuses.map(() => '?').join(', ')})`);
+      params.push(...query.statuses);
+    }
+    if (query.before) {
+      where.push('run_id < ?');
+      params.push(query.before);
+    }
+    const sql = `SELECT ${RUN_COLUMNS} FROM runs ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY run_id DESC LIMIT ?`;
+    const rows = this.db.prepare(sql).all(...params, query.limit) as RunRow[];
+    return rows.map(rowToRun);
+  }
+
+  async commitRun(runId: string, change: (current: RunRecord) => RunChange): Promise<RunChange> {
+    return this.db
+      .transaction((): RunChange => {
+        const row = this.sql.run.get(runId) as RunRow | undefined;
+        if (!row) throw new AppError('RUN_NOT_FOUND', `run ${runId} not found`);
+        const result = change(rowToRun(row));
+        const run = { ...result.run, log_count: row.log_count + result.logs.length };
+        for (const event of result.logs) {
+          this.sql.insertEvent.run(runId, event.seq, 'log', event.at, JSON.stringify(event.log));
+        }
+        const excess = run.log_count - this.retention;
+        if (excess > 0) {
+          const seqs = this.sql.oldestEventSeqs.all(runId, excess) as number[];
+          const through = seqs[seqs.length - 1];
+          if (through !== undefined) {
+            this.sql.deleteEventsThrough.run(runId, through);
+            run.log_count -= seqs.length;
+            run.pruned_through_seq = Math.max(run.pruned_through_seq, through);
+          }
+        }
+        this.sql.updateRun.run(runToRow(run));
+        return { run, logs: result.logs };
+      })
+      .immediate();
+  }
+
+  async replay(runId: string, since: number, limit: number): Promise<RunReplay | undefined> {
+    return this.db
+      .transaction((): RunReplay | undefined => {
+        const row = this.sql.run.get(runId) as RunRow | undefined;
+        if (!row) return undefined;
+        const rows = this.sql.eventsAfter.all(runId, since, limit + 1) as EventRow[];
+        const more = rows.length > limit;
+        return {
+          run: rowToRun(row),
+          events: (more ? rows.slice(0, limit) : rows).map(rowToEvent),
+          truncated: since < row.pruned_through_seq,
+          more,
+        };
+      })
+      .deferred();
+  }
+}

@@ -1,0 +1,126 @@
+import type { LogEvent, MemberRole, Role, RunSnapshot, RunStatus } from '@runcast/protocol';
+
+/** A user as stored: the password only as its scrypt hash. */
+export interface UserRecord {
+  user_id: string;
+  username: string;
+  role: Role;
+  password_hash: string;
+  created_at: string;
+}
+
+/** A login session; logout deletes it, which invalidates its token at once. */
+export interface SessionRecord {
+  session_id: string;
+  user_id: string;
+  created_at: string;
+  expires_at: string;
+}
+
+/** A worker's API token, scoped to one project; the secret only as its hash. */
+export interface ApiTokenRecord {
+  token_id: string;
+  project_id: string;
+  name: string;
+  secret_hash: string;
+  created_by: string;
+  created_at: string;
+  revoked_at: string | null;
+}
+
+export interface ProjectRecord {
+  project_id: string;
+  name: string;
+  created_by: string;
+  created_at: string;
+}
+
+export interface MemberRecord {
+  project_id: string;
+  user_id: string;
+  username: string;
+  role: MemberRole;
+}
+
+/** A run as stored: its snapshot plus what never goes on the wire. */
+export interface RunRecord extends RunSnapshot {
+  config: Record<string, unknown> | null;
+  created_by: string;
+  /** Log events currently retained. */
+  log_count: number;
+  /** Log events with seq <= this may have been pruned by retention. */
+  pruned_through_seq: number;
+}
+
+/** What a committed change to a run consists of: its new record and the log events it adds. */
+export interface RunChange {
+  run: RunRecord;
+  logs: LogEvent[];
+}
+
+export interface RunQuery {
+  /** The projects whose runs may be listed, or every project. */
+  projectIds: readonly string[] | 'all';
+  statuses?: readonly RunStatus[];
+  /** Return runs older than this run id (the previous page's cursor). */
+  before?: string;
+  limit: number;
+}
+
+/** Log events after a cursor, read together with the run they belong to. */
+export interface RunReplay {
+  run: RunRecord;
+  events: LogEvent[];
+  /** The retained history no longer reaches back to the cursor. */
+  truncated: boolean;
+  /** More events follow the last one returned. */
+  more: boolean;
+}
+
+/**
+ * Persistence of everything Runcast knows. Every method is async so that a networked database
+ * can implement it; RunService is the only caller that changes runs, through `commitRun`.
+ */
+export interface Store {
+  close(): Promise<void>;
+  /** Resolves when the database answers. */
+  ping(): Promise<void>;
+
+  createUser(user: UserRecord): Promise<void>;
+  getUser(userId: string): Promise<UserRecord | undefined>;
+  getUserByUsername(username: string): Promise<UserRecord | undefined>;
+  listUsers(): Promise<UserRecord[]>;
+  countUsers(): Promise<number>;
+
+  createSession(session: SessionRecord): Promise<void>;
+  getSession(sessionId: string): Promise<SessionRecord | undefined>;
+  deleteSession(sessionId: string): Promise<void>;
+
+  createApiToken(token: ApiTokenRecord): Promise<void>;
+  getApiToken(tokenId: string): Promise<ApiTokenRecord | undefined>;
+  listApiTokens(projectIds: readonly string[] | 'all'): Promise<ApiTokenRecord[]>;
+  revokeApiToken(tokenId: string, at: string): Promise<void>;
+
+  /** Creates the project and makes its creator an operator member. */
+  createProject(project: ProjectRecord): Promise<void>;
+  getProject(projectId: string): Promise<ProjectRecord | undefined>;
+  /** The projects a user is a member of, or every project. */
+  listProjects(memberUserId: string | 'all'): Promise<ProjectRecord[]>;
+  setMember(projectId: string, userId: string, role: MemberRole): Promise<void>;
+  removeMember(projectId: string, userId: string): Promise<boolean>;
+  getMemberRole(projectId: string, userId: string): Promise<MemberRole | undefined>;
+  listMembers(projectId: string): Promise<MemberRecord[]>;
+  /** Ids of the projects where the user has one of `roles`. */
+  memberProjectIds(userId: string, roles: readonly MemberRole[]): Promise<string[]>;
+
+  createRun(run: RunRecord): Promise<void>;
+  getRun(runId: string): Promise<RunRecord | undefined>;
+  listRuns(query: RunQuery): Promise<RunRecord[]>;
+  /**
+   * Reads the run, lets `change` compute its next state, and stores that state and the log
+   * events atomically; durable when the promise resolves. `change` may throw to abort.
+   */
+  commitRun(runId: string, change: (current: RunRecord) => RunChange): Promise<RunChange>;
+  /** The run and its log events with seq > `since` (at most `limit`), read in one transaction. */
+  replay(runId: string, since: number, limit: number): Promise<RunReplay | undefined>;
+}

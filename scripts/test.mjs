@@ -1,0 +1,85 @@
+#!/usr/bin/env node
+// The README's test command: installs what the suites need, then runs the type check, the linter
+// and every test suite, and ends with one line "N passed, N failed" summing all of them.
+import { spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
+
+/** Debian packages the suites need, by the command that proves each is present. */
+const DEBIAN_PACKAGES = [{ command: 'git', pkg: 'git' }];
+
+const results = [];
+
+function run(name, command, args, options = {}) {
+  console.log(`\n== ${name}: ${[command, ...args].join(' ')}`);
+  const started = Date.now();
+  const child = spawnSync(command, args, { stdio: 'inherit', ...options });
+  const ok = child.status === 0;
+  console.log(
+    `== ${name}: ${ok ? 'ok' : `failed (exit ${child.status ?? child.signal})`} in ${((Date.now() - started) / 1000).toFixed(1)} s`,
+  );
+  return ok;
+}
+
+function has(command) {
+  return spawnSync('sh', ['-c', `command -v ${command}`], { stdio: 'ignore' }).status === 0;
+}
+
+function ensureDebianPackages() {
+  const missing = DEBIAN_PACKAGES.filter(({ command }) => !has(command)).map(({ pkg }) => pkg);
+  if (missing.length === 0) return true;
+  const sudo = process.getuid?.() === 0 ? [] : ['sudo'];
+  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+  return (
+    run(
+      'apt-get update',
+      sudo[0] ?? 'apt-get',
+      [...sudo.slice(1), ...(sudo.length ? ['apt-get'] : []), 'update'],
+      { env },
+    ) &&
+    run(
+      'apt-get install',
+      sudo[0] ?? 'apt-get',
+      [...(sudo.length ? ['apt-get'] : []), 'install', '-y', '--no-install-recommends', ...missing],
+      { env },
+    )
+  );
+}
+
+function check(name, ok) {
+  results.push({ name, passed: ok ? 1 : 0, failed: ok ? 0 : 1 });
+}
+
+check('debian packages', ensureDebianPackages());
+check(
+  'build and type check',
+  run('build', 'npx', ['tsc', '-b', 'packages/server']) &&
+    run('type check (tests included)', 'npx', ['tsc', '-p', 'tsconfig.json']),
+);
+check('lint', run('lint', 'npx', ['biome', 'check', '.']));
+
+const report = '.vitest-report.json';
+rmSync(report, { force: true });
+run('tests', 'npx', ['vitest', 'run', '--reporter=default', '--reporter=json', `--outputFile=${report}`]);
+if (existsSync(report)) {
+  const json = JSON.parse(readFileSync(report, 'utf8'));
+  const skipped = (json.numPendingTests ?? 0) + (json.numTodoTests ?? 0);
+  // A suite that failed to load counts as a failure even though it ran no test.
+  const brokenSuites = (json.testResults ?? []).filter(
+    (s) => s.status === 'failed' && (s.assertionResults ?? []).length === 0,
+  ).length;
+  results.push({
+    name: 'vitest',
+    passed: json.numPassedTests,
+    failed: json.numFailedTests + brokenSuites + skipped,
+  });
+  if (skipped > 0) console.log(`${skipped} tests were skipped; a skipped test counts as failed`);
+} else {
+  results.push({ name: 'vitest', passed: 0, failed: 1 });
+}
+
+console.log('\n== summary');
+for (const r of results) console.log(`${r.name}: ${r.passed} passed, ${r.failed} failed`);
+const passed = results.reduce((n, r) => n + r.passed, 0);
+const failed = results.reduce((n, r) => n + r.failed, 0);
+console.log(`${passed} passed, ${failed} failed`);
+process.exit(failed === 0 ? 0 : 1);

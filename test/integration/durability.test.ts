@@ -1,0 +1,351 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import type { LogEntry, LogEvent, ProgressUpdate, RunSnapshot } from '@runcast/protocol';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Api } from '../../packages/server/src/test-support/server.js';
+
+// DESIGN §3: "An acknowledged update is durable (it survives `kill -9`) and has its seq."
+// The server runs as a real child process on a real SQLite file; it is killed with SIGKILL right
+// after the last acknowledgement and restarted on the same data dir and port.
+
+const MAIN = fileURLToPath(new URL('../../packages/server/dist/main.js', import.meta.url));
+const ADMIN_PASSWORD = 'durability-admin-password';
+const UPDATES = 500;
+const LOG_LINES = 500;
+const BATCH_SIZE = 5;
+const BATCHES = 20; // 20 batches of 5 lines + 400 single lines = 500 lines
+const IN_FLIGHT = 8;
+const EVENTS_PAGE = 100;
+
+/** A free loopback port: listen on port 0, read the port, close. */
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const probe = createServer();
+    probe.once('error', reject);
+    probe.listen(0, '127.0.0.1', () => {
+      const address = probe.address();
+      if (address === null || typeof address === 'string') {
+        probe.close();
+        reject(new Error('probe socket has no TCP address'));
+        return;
+      }
+      probe.close((err) => (err ? reject(err) : resolve(address.port)));
+    });
+  });
+}
+
+/** The environment of a child: ours without Runcast settings, plus the ones this test needs. */
+function childEnv(): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [key, value] of Object.entries(process.env)) {
+    if (!/^(RUNCAST_|HOST$|PORT$|LOG_LEVEL$)/.test(key)) env[key] = value;
+  }
+  return { ...env, RUNCAST_ADMIN_PASSWORD: ADMIN_PASSWORD, HOST: '127.0.0.1', LOG_LEVEL: 'info' };
+}
+
+interface Exit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+}
+
+/** `node dist/main.js serve` as a child process; ready once it logs "listening". */
+class ServerProcess {
+  readonly stdout: string[] = [];
+  /** Log lines at level error or above (pino level >= 50). */
+  readonly errorLines: string[] = [];
+  stderr = '';
+  readonly exited: Promise<Exit>;
+  private constructor(
+    readonly child: ChildProcess,
+    readonly url: string,
+  ) {
+    this.exited = new Promise((resolve) => {
+      child.once('exit', (code, signal) => resolve({ code, signal }));
+    });
+  }
+
+  get running(): boolean {
+    return this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  static async start(dataDir: string, port: number): Promise<ServerProcess> {
+    const child = spawn(process.execPath, [MAIN, 'serve', '--port', String(port), '--data-dir', dataDir], {
+      env: childEnv(),
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const server = new ServerProcess(child, `http://127.0.0.1:${port}`);
+    children.push(server);
+    child.stderr?.setEncoding('utf8');
+    child.stderr?.on('data', (chunk: string) => {
+      server.stderr += chunk;
+    });
+    const listening = new Promise<void>((resolve, reject) => {
+      // stdout is read for the whole life of the child, so a full pipe never blocks the server.
+      createInterface({ input: child.stdout! }).on('line', (line) => {
+        server.stdout.push(line);
+        let parsed: { level?: number; msg?: string } | undefined;
+        try {
+          parsed = JSON.parse(line) as { level?: number; msg?: string };
+        } catch {
+          return; // a plain line, such as the bootstrap-admin notice
+        }
+        if ((parsed.level ?? 0) >= 50) server.errorLines.push(line);
+        if (parsed.msg === 'listening') resolve();
+      });
+      child.once('error', reject);
+      server.exited.then(
+        ({ code, signal }) =>
+          reject(
+            new Error(
+              `server exited before listening (code ${code}, signal ${signal})\nstderr:\n${server.stderr}\nstdout:\n${server.stdout.join('\n')}`,
+            ),
+          ),
+        reject,
+      );
+    });
+    await listening;
+    return server;
+  }
+
+  /** SIGKILL (no graceful shutdown) and wait for the process to be gone. */
+  async kill(): Promise<Exit> {
+    if (this.running) this.child.kill('SIGKILL');
+    return this.exited;
+  }
+}
+
+const children: ServerProcess[] = [];
+
+type Op =
+  | { kind: 'update'; index: number; body: ProgressUpdate }
+  | { kind: 'logs'; entries: LogEntry[]; batch: boolean };
+
+interface AckedUpdate {
+  sent: ProgressUpdate;
+  seq: number;
+  snapshot: RunSnapshot;
+}
+
+interface AckedLog {
+  seq: number;
+  level: LogEntry['level'];
+  message: string;
+}
+
+const LEVELS: LogEntry['level'][] = ['debug', 'info', 'warn', 'error'];
+
+/** 500 updates and 500 log lines (400 single, 20 batches of 5), interleaved. */
+function buildOps(): Op[] {
+  const updates: Op[] = [];
+  for (let i = 0; i < UPDATES; i++) {
+    updates.push({
+      kind: 'update',
+      index: i,
+      body: {
+        status: 'RUNNING',
+        progress: {
+          percentage: Math.round((i * 100 * 100) / UPDATES) / 100,
+          message: `Receiving objects ${i + 1}/${UPDATES}`,
+          done: (i + 1) * 10,
+          total: UPDATES * 10,
+          unit: 'objects',
+        },
+      },
+    });
+  }
+  const logs: Op[] = [];
+  let line = 0;
+  const entry = (): LogEntry => {
+    line++;
+    return { level: LEVELS[line % LEVELS.length]!, message: `line ${line} — "pushed" ${line * 3} refs ✓` };
+  };
+  const singles = LOG_LINES - BATCHES * BATCH_SIZE;
+  for (let i = 0; i < singles; i++) {
+    logs.push({ kind: 'logs', entries: [entry()], batch: false });
+    if ((i + 1) % (singles / BATCHES) === 0) {
+      logs.push({ kind: 'logs', entries: Array.from({ length: BATCH_SIZE }, entry), batch: true });
+    }
+  }
+  // Merge in proportion, so both kinds keep arriving until the very last acknowledgement.
+  const ops: Op[] = [];
+  let u = 0;
+  let l = 0;
+  while (u < updates.length || l < logs.length) {
+    if (l >= logs.length || (u < updates.length && u / updates.length <= l / logs.length))
+      ops.push(updates[u++]!);
+    else ops.push(logs[l++]!);
+  }
+  return ops;
+}
+
+/** Runs the tasks with at most `width` in flight; stops starting new ones after a failure. */
+async function inFlight(tasks: (() => Promise<void>)[], width: number): Promise<void> {
+  let next = 0;
+  let failed = false;
+  const worker = async () => {
+    while (!failed && next < tasks.length) {
+      const task = tasks[next++]!;
+      try {
+        await task();
+      } catch (err) {
+        failed = true;
+        throw err;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: width }, worker));
+}
+
+describe('durability: acknowledged writes survive kill -9', () => {
+  let dataDir: string | undefined;
+  let port: number;
+  let runId: string;
+  let ackedUpdates: AckedUpdate[] = [];
+  let ackedLogs: AckedLog[] = [];
+  let firstExit: Exit;
+  // What a user sees after the restart.
+  let runAfter: RunSnapshot;
+  let snapshotAfter: RunSnapshot;
+  const eventsAfter: LogEvent[] = [];
+  let truncatedPages = 0;
+  let restarted: ServerProcess;
+
+  beforeAll(async () => {
+    if (!existsSync(MAIN)) {
+      throw new Error(`${MAIN} is missing: build the server first with \`npx tsc -b packages/server\``);
+    }
+    dataDir = mkdtempSync(join(tmpdir(), 'runcast-durability-'));
+    port = await freePort();
+
+    // First life: write and have everything acknowledged.
+    const first = await ServerProcess.start(dataDir, port);
+    const admin = await new Api(first.url).login('admin', ADMIN_PASSWORD);
+    const project = await admin.post('/projects', { name: 'durability' });
+    expect(project.status, JSON.stringify(project.body)).toBe(201);
+    const run = await admin.post('/runs', { project_id: project.body.project_id, kind: 'external' });
+    expect(run.status, JSON.stringify(run.body)).toBe(201);
+    runId = run.body.run_id;
+
+    const tasks = buildOps().map((op) => async () => {
+      if (op.kind === 'update') {
+        const answer = await admin.patch<RunSnapshot>(`/runs/${runId}/progress`, op.body);
+        if (answer.status !== 200) {
+          throw new Error(
+            `update ${op.index} not acknowledged: ${answer.status} ${JSON.stringify(answer.body)}`,
+          );
+        }
+        ackedUpdates.push({ sent: op.body, seq: answer.body.seq, snapshot: answer.body });
+      } else {
+        const body = op.batch ? { entries: op.entries } : op.entries[0];
+        const answer = await admin.post<{ first_seq: number; last_seq: number }>(`/runs/${runId}/logs`, body);
+        if (answer.status !== 201) {
+          throw new Error(
+            `log "${op.entries[0]!.message}" not acknowledged: ${answer.status} ${JSON.stringify(answer.body)}`,
+          );
+        }
+        const { first_seq, last_seq } = answer.body;
+        if (last_seq - first_seq + 1 !== op.entries.length) {
+          throw new Error(`${op.entries.length} log lines acknowledged with seqs ${first_seq}..${last_seq}`);
+        }
+        op.entries.forEach((entry, i) => {
+          ackedLogs.push({ seq: first_seq + i, level: entry.level, message: entry.message });
+        });
+      }
+    });
+    await inFlight(tasks, IN_FLIGHT);
+    // Right after the last acknowledgement: no graceful shutdown.
+    firstExit = await first.kill();
+    expect(first.errorLines).toEqual([]);
+
+    ackedUpdates = ackedUpdates.sort((a, b) => a.seq - b.seq);
+    ackedLogs = ackedLogs.sort((a, b) => a.seq - b.seq);
+
+    // Second life on the same data dir and port.
+    restarted = await ServerProcess.start(dataDir, port);
+    const again = await new Api(restarted.url).login('admin', ADMIN_PASSWORD);
+    const got = await again.get<RunSnapshot>(`/runs/${runId}`);
+    expect(got.status, JSON.stringify(got.body)).toBe(200);
+    runAfter = got.body;
+    const progress = await again.get<RunSnapshot>(`/runs/${runId}/progress`);
+    expect(progress.status, JSON.stringify(progress.body)).toBe(200);
+    snapshotAfter = progress.body;
+
+    let since = 0;
+    for (let page = 0; ; page++) {
+      if (page > (UPDATES + LOG_LINES) / EVENTS_PAGE + 5)
+        throw new Error(`events paging did not end (since=${since})`);
+      const answer = await again.get<{
+        events: LogEvent[];
+        events_truncated: boolean;
+        next_since: number;
+        seq: number;
+      }>(`/runs/${runId}/events?since=${since}&limit=${EVENTS_PAGE}`);
+      expect(answer.status, JSON.stringify(answer.body)).toBe(200);
+      if (answer.body.events_truncated) truncatedPages++;
+      if (answer.body.events.length === 0) break;
+      eventsAfter.push(...answer.body.events);
+      if (answer.body.next_since <= since)
+        throw new Error(`next_since ${answer.body.next_since} did not advance past ${since}`);
+      since = answer.body.next_since;
+    }
+  }, 120_000);
+
+  afterAll(async () => {
+    for (const child of children) await child.kill();
+    if (dataDir) rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  it('acknowledged every write with its own seq before the kill', () => {
+    expect(firstExit.signal).toBe('SIGKILL');
+    expect(ackedUpdates).toHaveLength(UPDATES);
+    expect(ackedLogs).toHaveLength(LOG_LINES);
+    const seqs = [...ackedUpdates.map((u) => u.seq), ...ackedLogs.map((l) => l.seq)].sort((a, b) => a - b);
+    expect(seqs).toEqual(Array.from({ length: UPDATES + LOG_LINES }, (_, i) => i + 1));
+  });
+
+  it('keeps the run at the highest acknowledged seq after the restart', () => {
+    const highest = Math.max(...ackedUpdates.map((u) => u.seq), ...ackedLogs.map((l) => l.seq));
+    expect(highest).toBe(UPDATES + LOG_LINES);
+    expect(runAfter.seq).toBeGreaterThanOrEqual(highest);
+    expect(runAfter.seq).toBe(UPDATES + LOG_LINES);
+    expect(snapshotAfter.seq).toBe(runAfter.seq);
+  });
+
+  it('replays every acknowledged log line with its seq and message', () => {
+    expect(truncatedPages).toBe(0);
+    expect(eventsAfter.every((event) => event.type === 'log' && event.run_id === runId)).toBe(true);
+    const replayed = eventsAfter.map((event) => ({
+      seq: event.seq,
+      level: event.log.level,
+      message: event.log.message,
+    }));
+    expect(replayed).toEqual(ackedLogs);
+  });
+
+  it('serves the state of the last acknowledged update', () => {
+    const last = ackedUpdates[ackedUpdates.length - 1]!;
+    const { seq: _snapshotSeq, ...state } = snapshotAfter;
+    const { seq: _lastSeq, ...expected } = last.snapshot;
+    expect(state).toEqual(expected);
+    expect(snapshotAfter.status).toBe('RUNNING');
+    expect(snapshotAfter.progress).toEqual(last.sent.progress);
+    const { seq: _runSeq, ...runState } = runAfter;
+    expect(runState).toEqual(state);
+  });
+
+  it('hands out unique, strictly increasing seqs', () => {
+    const seqs = eventsAfter.map((event) => event.seq);
+    for (let i = 1; i < seqs.length; i++) expect(seqs[i]!).toBeGreaterThan(seqs[i - 1]!);
+    expect(new Set(seqs).size).toBe(seqs.length);
+    expect(seqs[seqs.length - 1]!).toBeLessThanOrEqual(runAfter.seq);
+  });
+
+  it('logs no error on the restarted server', () => {
+    expect(restarted.errorLines).toEqual([]);
+  });
+});

@@ -10,6 +10,10 @@ declare module 'fastify' {
     /** Who sent the request; undefined when no credentials came with it. */
     principal: Principal | undefined;
   }
+  interface FastifyContextConfig {
+    /** The route answers without credentials (login, logout). */
+    public?: boolean;
+  }
 }
 
 export interface AuthPluginOptions {
@@ -45,6 +49,11 @@ async function authPlugin(app: FastifyInstance, options: AuthPluginOptions): Pro
       authorization: request.headers.authorization,
       cookies: request.cookies,
     });
+    // Refused before validation: a caller without credentials learns nothing about the input rules.
+    const route = request.routeOptions;
+    if (!request.principal && route.url?.startsWith('/api/') && route.config.public !== true) {
+      throw new AppError('UNAUTHORIZED', 'log in or send an API token');
+    }
     if (request.principal?.via === 'cookie' && !SAFE_METHODS.has(request.method)) {
       if (!originAllowed(request, options.allowedOrigins)) {
         throw new AppError(

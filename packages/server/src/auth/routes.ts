@@ -53,49 +53,57 @@ export const authRoutes: FastifyPluginAsyncTypebox<AuthRoutesOptions> = async (a
   const { store, policy } = options;
   const loginLimiter = new RateLimiter(options.loginRateLimitPerMin, 60_000);
 
-  app.post('/auth/login', { schema: { body: LoginRequest, tags: ['auth'] } }, async (request, reply) => {
-    // A login form posted from another site would log the victim in as the attacker.
-    if (request.headers.origin !== undefined && !originAllowed(request, options.allowedOrigins)) {
-      throw new AppError('ORIGIN_MISMATCH', 'cross-origin login refused');
-    }
-    const waitS = loginLimiter.hit(request.ip);
-    if (waitS > 0) {
-      reply.header('retry-after', String(waitS));
-      throw new AppError('RATE_LIMITED', `too many login attempts; try again in ${waitS} s`);
-    }
-    const user = await store.getUserByUsername(request.body.username);
-    const ok = await verifyPassword(request.body.password, user?.password_hash ?? (await DUMMY_HASH));
-    if (!user || !ok) throw new AppError('UNAUTHORIZED', 'wrong username or password');
-    const nowMs = Date.now();
-    const expiresAt = new Date(nowMs + options.tokenTtlS * 1000);
-    const sessionId = newId('ses');
-    await store.createSession({
-      session_id: sessionId,
-      user_id: user.user_id,
-      created_at: new Date(nowMs).toISOString(),
-      expires_at: expiresAt.toISOString(),
-    });
-    const token = signAccessToken(options.secret, {
-      sid: sessionId,
-      sub: user.user_id,
-      exp: Math.floor(expiresAt.getTime() / 1000),
-    });
-    reply.setCookie(SESSION_COOKIE, token, {
-      httpOnly: true,
-      sameSite: 'strict',
-      secure: options.cookieSecure,
-      path: '/',
-      expires: expiresAt,
-    });
-    return { token, expires_at: expiresAt.toISOString(), user: toUser(user) };
-  });
+  app.post(
+    '/auth/login',
+    { config: { public: true }, schema: { body: LoginRequest, tags: ['auth'] } },
+    async (request, reply) => {
+      // A login form posted from another site would log the victim in as the attacker.
+      if (request.headers.origin !== undefined && !originAllowed(request, options.allowedOrigins)) {
+        throw new AppError('ORIGIN_MISMATCH', 'cross-origin login refused');
+      }
+      const waitS = loginLimiter.hit(request.ip);
+      if (waitS > 0) {
+        reply.header('retry-after', String(waitS));
+        throw new AppError('RATE_LIMITED', `too many login attempts; try again in ${waitS} s`);
+      }
+      const user = await store.getUserByUsername(request.body.username);
+      const ok = await verifyPassword(request.body.password, user?.password_hash ?? (await DUMMY_HASH));
+      if (!user || !ok) throw new AppError('UNAUTHORIZED', 'wrong username or password');
+      const nowMs = Date.now();
+      const expiresAt = new Date(nowMs + options.tokenTtlS * 1000);
+      const sessionId = newId('ses');
+      await store.createSession({
+        session_id: sessionId,
+        user_id: user.user_id,
+        created_at: new Date(nowMs).toISOString(),
+        expires_at: expiresAt.toISOString(),
+      });
+      const token = signAccessToken(options.secret, {
+        sid: sessionId,
+        sub: user.user_id,
+        exp: Math.floor(expiresAt.getTime() / 1000),
+      });
+      reply.setCookie(SESSION_COOKIE, token, {
+        httpOnly: true,
+        sameSite: 'strict',
+        secure: options.cookieSecure,
+        path: '/',
+        expires: expiresAt,
+      });
+      return { token, expires_at: expiresAt.toISOString(), user: toUser(user) };
+    },
+  );
 
-  app.post('/auth/logout', { schema: { tags: ['auth'] } }, async (request, reply) => {
-    const principal = request.principal;
-    if (principal?.kind === 'user') await store.deleteSession(principal.sessionId);
-    reply.clearCookie(SESSION_COOKIE, { path: '/' });
-    return reply.code(204).send();
-  });
+  app.post(
+    '/auth/logout',
+    { config: { public: true }, schema: { tags: ['auth'] } },
+    async (request, reply) => {
+      const principal = request.principal;
+      if (principal?.kind === 'user') await store.deleteSession(principal.sessionId);
+      reply.clearCookie(SESSION_COOKIE, { path: '/' });
+      return reply.code(204).send();
+    },
+  );
 
   app.get('/auth/me', { schema: { tags: ['auth'] } }, async (request): Promise<Me> => {
     const principal = requirePrincipal(request);

@@ -1,5 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { makeWorld, startServer, type TestServer, type World } from '../../packages/server/src/test-support/server.js';
+import {
+  makeWorld,
+  startServer,
+  type TestServer,
+  type World,
+} from '../../packages/server/src/test-support/server.js';
 
 describe('a fresh server', () => {
   let server: TestServer;
@@ -14,7 +19,10 @@ describe('a fresh server', () => {
   });
 
   it('lets an operator follow a run from creation to completion', async () => {
-    const patched = await world.worker.patch(`/runs/${world.runId}/progress`, { status: 'RUNNING', stage: 'EXPORT' });
+    const patched = await world.worker.patch(`/runs/${world.runId}/progress`, {
+      status: 'RUNNING',
+      stage: 'EXPORT',
+    });
     expect(patched.status).toBe(200);
     expect(patched.body).toMatchObject({ status: 'RUNNING', stage: 'EXPORT', seq: 1 });
     const done = await world.worker.patch(`/runs/${world.runId}/progress`, { status: 'COMPLETED' });

@@ -289,3 +289,31 @@ export const RunList = Type.Object({
   next_cursor: Type.Union([Type.String(), Type.Null()]),
 });
 export type RunList = Static<typeof RunList>;
+
+/** Socket.IO `subscribe` payload. */
+export const SubscribeRequest = Type.Object(
+  { run_id: RunId, since: Type.Optional(Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER })) },
+  { additionalProperties: false },
+);
+export type SubscribeRequest = Static<typeof SubscribeRequest>;
+
+/** Socket.IO `subscribe` acknowledgement: the opening snapshot, or why the subscription failed. */
+export type SubscribeAck =
+  | { ok: true; snapshot: SnapshotEvent }
+  | { ok: false; error: { code: string; message: string } };
+
+/** Socket.IO event names of the contract. */
+export const SOCKET_EVENTS = {
+  subscribe: 'subscribe',
+  unsubscribe: 'unsubscribe',
+  runEvent: 'run_event',
+  /** The server is going away: reconnect (elsewhere). */
+  reconnect: 'server_reconnect',
+} as const;
+
+/** Headers (and handshake fields) by which clients report their connection method. */
+export const TRANSPORT_HEADERS = {
+  transport: 'x-runcast-transport',
+  fallbackFrom: 'x-runcast-fallback-from',
+  fallbackReason: 'x-runcast-fallback-reason',
+} as const;

@@ -4,19 +4,23 @@ import swaggerUi from '@fastify/swagger-ui';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import Fastify, { type FastifyInstance, LogController } from 'fastify';
 import { Authenticator } from './auth/authenticator.js';
-import authPlugin from './auth/plugin.js';
+import authPlugin, { requirePrincipal } from './auth/plugin.js';
 import { Policy } from './auth/policy.js';
 import { authRoutes } from './auth/routes.js';
 import { ensureAdmin, loadOrCreateSecret } from './bootstrap.js';
 import type { Bus } from './bus/bus.js';
 import { MemoryBus } from './bus/memory.js';
 import type { Config } from './config.js';
-import { registerErrorHandling } from './http/error-handler.js';
+import { AppError } from './errors.js';
+import { registerErrorHandling, sendError } from './http/error-handler.js';
 import { createValidatorCompiler } from './http/validation.js';
+import { Hub } from './live/hub.js';
+import { attachSocketGateway } from './live/socket.js';
+import { sseRoutes } from './live/sse.js';
+import { Metrics } from './metrics.js';
 import { projectRoutes } from './projects/routes.js';
 import { runRoutes } from './runs/routes.js';
 import { RunService } from './runs/run-service.js';
-import { SeqWaiters } from './runs/seq-waiters.js';
 import { SqliteStore } from './store/sqlite.js';
 import type { Store } from './store/store.js';
 
@@ -29,6 +33,8 @@ export interface Runcast {
   store: Store;
   bus: Bus;
   runs: RunService;
+  hub: Hub;
+  metrics: Metrics;
   /** Stops accepting, ends waits, closes the store. */
   close(): Promise<void>;
 }
@@ -74,14 +80,25 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     // One line per request, from the onResponse hook below, instead of Fastify's two.
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: config.bodyLimitBytes,
+    // Errors Fastify answers before routing (bad URL encoding, overlong parameters) get the
+    // contract's body too.
+    frameworkErrors: (err, _request, reply) => {
+      sendError(reply, new AppError('INVALID_INPUT', err.message));
+    },
     trustProxy: false,
   }).withTypeProvider<TypeBoxTypeProvider>();
   app.setValidatorCompiler(createValidatorCompiler());
+  // JSON only: a text/plain body is what a cross-site form can send without a preflight.
+  app.removeContentTypeParser('text/plain');
   registerErrorHandling(app);
 
   const bus = new MemoryBus((err) => app.log.error({ err }, 'bus listener failed'));
   const runs = new RunService(store, bus);
-  const waiters = new SeqWaiters(bus);
+  const metrics = new Metrics();
+  const hub = new Hub(bus, runs, metrics, {
+    maxQueuedBytes: config.subscriberQueueLimitBytes,
+    replayLimit: config.eventRetention,
+  });
   const policy = new Policy(store);
   const authenticator = new Authenticator(store, secret);
 
@@ -120,10 +137,37 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
         allowedOrigins: config.allowedOrigins,
       });
       await api.register(projectRoutes, { store, policy });
-      await api.register(runRoutes, { runs, policy, waiters, eventsPageLimit: config.eventsPageLimit });
+      await api.register(runRoutes, { runs, policy, hub, metrics, eventsPageLimit: config.eventsPageLimit });
+      await api.register(sseRoutes, {
+        hub,
+        policy,
+        metrics,
+        keepaliveMs: config.sseKeepaliveMs,
+        retryMs: config.sseRetryMs,
+      });
     },
     { prefix: '/api/v1' },
   );
+
+  const io = attachSocketGateway(app.server, {
+    hub,
+    policy,
+    authenticator,
+    metrics,
+    allowedOrigins: config.allowedOrigins,
+    parseCookies: (header) => app.parseCookie(header),
+  });
+  // Before the server stops accepting: tell every live client to reconnect (elsewhere) and wake
+  // every long-poll, so that closing does not wait on streams that never end by themselves.
+  app.addHook('preClose', async () => {
+    hub.closeAll('SERVER_SHUTDOWN');
+    io.engine.close();
+  });
+
+  app.get('/metrics', { schema: { hide: true } }, async (request, reply) => {
+    policy.requireAdmin(requirePrincipal(request));
+    return reply.type(metrics.registry.contentType).send(await metrics.registry.metrics());
+  });
 
   app.get('/healthz', { schema: { hide: true } }, async () => ({ status: 'ok' }));
   app.get('/readyz', { schema: { hide: true } }, async (_request, reply) => {
@@ -146,11 +190,13 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     store,
     bus,
     runs,
+    hub,
+    metrics,
     async close() {
       if (closed) return;
       closed = true;
-      waiters.close();
       await app.close();
+      hub.close();
       await bus.close();
       await store.close();
     },

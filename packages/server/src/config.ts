@@ -26,6 +26,15 @@ export interface Config {
   sqliteSynchronous: 'NORMAL' | 'FULL';
   /** Most events one `GET /progress?since=` or `/events` answer carries. */
   eventsPageLimit: number;
+  /** Interval of SSE keep-alive events. */
+  sseKeepaliveMs: number;
+  /** Reconnect delay SSE streams ask clients to use (`retry:`). */
+  sseRetryMs: number;
+  /** Bytes a live subscriber may have queued before it is disconnected as too slow. */
+  subscriberQueueLimitBytes: number;
+  /** When set, `/metrics` is also served without authentication on this port (and host). */
+  metricsPort: number | undefined;
+  metricsHost: string;
 }
 
 /** A setting with a bad value; the message names it, on one line. */
@@ -130,5 +139,18 @@ export function loadConfig(env: Env = process.env, args: string[] = []): Config 
       'NORMAL',
     ),
     eventsPageLimit: integer('RUNCAST_EVENTS_PAGE_LIMIT', env.RUNCAST_EVENTS_PAGE_LIMIT, 1000, 1, 100_000),
+    sseKeepaliveMs: integer('RUNCAST_SSE_KEEPALIVE_MS', env.RUNCAST_SSE_KEEPALIVE_MS, 15_000, 10, 3_600_000),
+    sseRetryMs: integer('RUNCAST_SSE_RETRY_MS', env.RUNCAST_SSE_RETRY_MS, 2000, 0, 600_000),
+    subscriberQueueLimitBytes: integer(
+      'RUNCAST_SUBSCRIBER_QUEUE_LIMIT',
+      env.RUNCAST_SUBSCRIBER_QUEUE_LIMIT,
+      8 * 1024 * 1024,
+      1024,
+      1024 * 1024 * 1024,
+    ),
+    metricsPort: env.RUNCAST_METRICS_PORT
+      ? integer('RUNCAST_METRICS_PORT', env.RUNCAST_METRICS_PORT, 0, 0, 65535)
+      : undefined,
+    metricsHost: env.RUNCAST_METRICS_HOST || '127.0.0.1',
   };
 }

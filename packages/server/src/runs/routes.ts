@@ -10,6 +10,7 @@ import {
   RUN_STATUSES,
   RunId,
   type RunStatus,
+  TRANSPORT_HEADERS,
 } from '@runcast/protocol';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { Type } from 'typebox';
@@ -17,14 +18,16 @@ import { requirePrincipal } from '../auth/plugin.js';
 import type { Policy } from '../auth/policy.js';
 import type { Principal } from '../auth/principal.js';
 import { AppError } from '../errors.js';
+import type { Hub } from '../live/hub.js';
+import type { Metrics } from '../metrics.js';
 import type { RunService } from './run-service.js';
-import type { SeqWaiters } from './seq-waiters.js';
 import { toSnapshot } from './snapshot.js';
 
 export interface RunRoutesOptions {
   runs: RunService;
   policy: Policy;
-  waiters: SeqWaiters;
+  hub: Hub;
+  metrics: Metrics;
   eventsPageLimit: number;
 }
 
@@ -60,7 +63,7 @@ function parseStatuses(raw: string | undefined): RunStatus[] | undefined {
 
 /** Runs: create, list, get, cancel, retry; progress (ETag, `since`, long-poll), logs and events. */
 export const runRoutes: FastifyPluginAsyncTypebox<RunRoutesOptions> = async (app, options) => {
-  const { runs, policy, waiters } = options;
+  const { runs, policy, hub, metrics } = options;
 
   app.post('/runs', { schema: { body: CreateRun, tags: ['runs'] } }, async (request, reply) => {
     const principal = requirePrincipal(request);
@@ -136,12 +139,15 @@ export const runRoutes: FastifyPluginAsyncTypebox<RunRoutesOptions> = async (app
     reply: FastifyReply,
     runId: string,
     since: number | undefined,
+    longPoll: boolean,
   ): Promise<ProgressResponse | FastifyReply> {
     const replay = await runs.replay(runId, since ?? Number.MAX_SAFE_INTEGER, options.eventsPageLimit);
     if (!replay) throw new AppError('RUN_NOT_FOUND', `run ${runId} not found`);
     const { run } = replay;
     reply.header('etag', etagOf(run.seq)).header('cache-control', 'no-cache');
     if (etagSeq(request.headers['if-none-match']) === run.seq) return reply.code(304).send();
+    // A long-poll that saw nothing new by its deadline (or a finished run) answers 304.
+    if (longPoll && since !== undefined && run.seq <= since) return reply.code(304).send();
     const body: ProgressResponse = toSnapshot(run);
     if (since !== undefined) {
       body.events = replay.events;
@@ -157,10 +163,15 @@ export const runRoutes: FastifyPluginAsyncTypebox<RunRoutesOptions> = async (app
     async (request, reply) => {
       const { run_id } = request.params;
       const run = await policy.requireRun(requirePrincipal(request), run_id);
+      metrics.recordClientReport(
+        request.headers[TRANSPORT_HEADERS.transport],
+        request.headers[TRANSPORT_HEADERS.fallbackFrom],
+        request.headers[TRANSPORT_HEADERS.fallbackReason],
+      );
       const { since, wait = 0 } = request.query;
       const cursor = since ?? etagSeq(request.headers['if-none-match']);
       if (wait > 0 && cursor !== undefined && run.seq <= cursor && !isTerminal(run.status)) {
-        const pending = waiters.wait(run_id, cursor, wait * 1000);
+        const pending = hub.wait(run_id, cursor, wait * 1000);
         // The connection may go away while we wait; stop waiting for it then.
         const onClose = () => pending.cancel();
         request.raw.once('close', onClose);
@@ -170,7 +181,7 @@ export const runRoutes: FastifyPluginAsyncTypebox<RunRoutesOptions> = async (app
         else await pending.done;
         request.raw.off('close', onClose);
       }
-      return answerProgress(request, reply, run_id, since);
+      return answerProgress(request, reply, run_id, since, wait > 0);
     },
   );
 

@@ -1,0 +1,28 @@
+import { describe, expect, it } from 'vitest';
+import { EncodedEvent } from './encoded-event.js';
+
+describe('SSE framing', () => {
+  const event = new EncodedEvent({
+    run_id: 'run_A',
+    seq: 7,
+    type: 'log',
+    at: '2026-01-01T00:00:00.000Z',
+    log: { level: 'info', message: 'two\nlines' },
+  });
+
+  it('frames the single-run stream with id, event and one data line', () => {
+    expect(event.sse).toBe(`id: 7\nevent: log\ndata: ${JSON.stringify(event.event)}\n\n`);
+    // JSON escapes the newline, so a message can never break the frame.
+    expect(event.sse.split('\n').filter((line) => line.startsWith('data: '))).toHaveLength(1);
+  });
+
+  it('frames the multiplexed stream with <run_id>:<seq> ids', () => {
+    expect(event.sseMultiplexed.startsWith('id: run_A:7\nevent: log\n')).toBe(true);
+  });
+
+  it('encodes once and reuses the text', () => {
+    expect(event.sse).toBe(event.sse);
+    expect(event.json).toBe(event.json);
+    expect(event.committedAtMs).toBe(Date.parse('2026-01-01T00:00:00.000Z'));
+  });
+});

@@ -1,0 +1,118 @@
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { MemoryBus } from '../bus/memory.js';
+import { Metrics } from '../metrics.js';
+import { RunService } from '../runs/run-service.js';
+import { SqliteStore } from '../store/sqlite.js';
+import type { EncodedEvent } from './encoded-event.js';
+import { Hub } from './hub.js';
+import type { DisconnectReason, Sink } from './subscriber.js';
+
+class RecordingSink implements Sink {
+  events: EncodedEvent[] = [];
+  closedWith: DisconnectReason | undefined;
+  constructor(readonly transport: 'websocket' | 'sse') {}
+  isBusy() {
+    return false;
+  }
+  write(events: readonly EncodedEvent[]) {
+    this.events.push(...events);
+  }
+  runEnded() {}
+  close(reason: DisconnectReason) {
+    this.closedWith = reason;
+  }
+}
+
+const nextTick = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+describe('Hub', () => {
+  let store: SqliteStore;
+  let runs: RunService;
+  let hub: Hub;
+  let runId: string;
+
+  beforeEach(async () => {
+    store = new SqliteStore({ file: ':memory:', eventRetention: 100 });
+    const bus = new MemoryBus();
+    runs = new RunService(store, bus);
+    hub = new Hub(bus, runs, new Metrics(), { maxQueuedBytes: 1_000_000, replayLimit: 100 });
+    const at = new Date().toISOString();
+    await store.createUser({
+      user_id: 'usr_1',
+      username: 'u',
+      role: 'admin',
+      password_hash: 'x',
+      created_at: at,
+    });
+    await store.createProject({ project_id: 'prj_1', name: 'p', created_by: 'usr_1', created_at: at });
+    runId = (await runs.create({ project_id: 'prj_1', kind: 'external', created_by: 'usr_1' })).run_id;
+  });
+  afterEach(async () => {
+    hub.close();
+    await store.close();
+  });
+
+  async function subscribed(transport: 'websocket' | 'sse', since?: number) {
+    const sink = new RecordingSink(transport);
+    const subscriber = hub.attach(sink);
+    const replay = await hub.subscribe(subscriber, runId, since);
+    subscriber.openRun(runId, replay?.run.seq ?? 0);
+    return { sink, subscriber, replay };
+  }
+
+  it('fans one encoded event out to every transport', async () => {
+    const a = await subscribed('websocket');
+    const b = await subscribed('sse');
+    await runs.appendLogs(runId, [{ level: 'info', message: 'hello' }]);
+    await nextTick();
+    expect(a.sink.events.map((e) => e.seq)).toEqual([1]);
+    // The very same object: encoded once, whatever the number of subscribers.
+    expect(b.sink.events[0]).toBe(a.sink.events[0]);
+  });
+
+  it('replays logs after the cursor, read with the snapshot', async () => {
+    for (let i = 0; i < 5; i++) await runs.appendLogs(runId, [{ level: 'info', message: `m${i}` }]);
+    const { replay } = await subscribed('sse', 2);
+    expect(replay?.events.map((e) => e.seq)).toEqual([3, 4, 5]);
+    expect(replay?.run.seq).toBe(5);
+  });
+
+  it('does not lose an event committed while the subscription opens', async () => {
+    const sink = new RecordingSink('sse');
+    const subscriber = hub.attach(sink);
+    const opening = hub.subscribe(subscriber, runId, 0);
+    const committed = runs.appendLogs(runId, [{ level: 'info', message: 'during' }]);
+    const replay = await opening;
+    await committed;
+    subscriber.openRun(runId, replay?.run.seq ?? 0);
+    await nextTick();
+    const seen = [...(replay?.events.map((e) => e.seq) ?? []), ...sink.events.map((e) => e.seq)];
+    expect(seen).toEqual([1]);
+  });
+
+  it('wakes long-polls on commit and forgets them afterwards', async () => {
+    const wait = hub.wait(runId, 0, 10_000);
+    expect(hub.stats().waiters).toBe(1);
+    await runs.updateProgress(runId, { status: 'RUNNING' });
+    expect(await wait.done).toBe(true);
+    expect(hub.stats().waiters).toBe(0);
+    const timedOut = hub.wait(runId, 1, 1);
+    expect(await timedOut.done).toBe(false);
+  });
+
+  it('leaves nothing behind when connections go', async () => {
+    const a = await subscribed('websocket');
+    const b = await subscribed('sse');
+    hub.detach(a.subscriber);
+    hub.detach(b.subscriber);
+    hub.detach(b.subscriber);
+    expect(hub.stats()).toEqual({ subscribers: 0, rooms: 0, subscriptions: 0, waiters: 0 });
+  });
+
+  it('tells every connection to reconnect on shutdown', async () => {
+    const a = await subscribed('websocket');
+    hub.closeAll('SERVER_SHUTDOWN');
+    expect(a.sink.closedWith).toBe('SERVER_SHUTDOWN');
+    expect(hub.stats().subscribers).toBe(0);
+  });
+});

@@ -1,0 +1,155 @@
+import type { LogEvent, RunEvent, RunSnapshot } from '@runcast/protocol';
+import { describe, expect, it } from 'vitest';
+import { EncodedEvent } from './encoded-event.js';
+import { type DisconnectReason, type Sink, Subscriber, type SubscriberHooks } from './subscriber.js';
+
+class FakeSink implements Sink {
+  readonly transport = 'sse' as const;
+  busy = false;
+  written: number[][] = [];
+  ended: string[] = [];
+  closedWith: DisconnectReason | undefined;
+  isBusy() {
+    return this.busy;
+  }
+  write(events: readonly EncodedEvent[]) {
+    this.written.push(events.map((e) => e.seq));
+  }
+  runEnded(runId: string) {
+    this.ended.push(runId);
+  }
+  close(reason: DisconnectReason) {
+    this.closedWith = reason;
+  }
+}
+
+class FakeHooks implements SubscriberHooks {
+  dirty = 0;
+  conflated = 0;
+  overflows = 0;
+  runEnded: string[] = [];
+  markDirty() {
+    this.dirty++;
+  }
+  onWritten() {}
+  onConflated() {
+    this.conflated++;
+  }
+  onOverflow() {
+    this.overflows++;
+  }
+  onRunEnded(_s: Subscriber, runId: string) {
+    this.runEnded.push(runId);
+  }
+}
+
+const AT = new Date().toISOString();
+const snapshot = (seq: number, status: RunSnapshot['status'] = 'RUNNING') =>
+  ({ run_id: 'r', seq, status }) as unknown as RunSnapshot;
+const update = (seq: number, status: RunSnapshot['status'] = 'RUNNING', runId = 'r') =>
+  new EncodedEvent(
+    { run_id: runId, seq, type: 'update', at: AT, snapshot: snapshot(seq, status) } as RunEvent,
+    status === 'COMPLETED',
+  );
+const log = (seq: number, message = 'x', runId = 'r') =>
+  new EncodedEvent({ run_id: runId, seq, type: 'log', at: AT, log: { level: 'info', message } } as LogEvent);
+
+function setup(maxQueuedBytes = 1_000_000) {
+  const sink = new FakeSink();
+  const hooks = new FakeHooks();
+  const subscriber = new Subscriber(sink, hooks, maxQueuedBytes);
+  subscriber.addRun('r');
+  return { sink, hooks, subscriber };
+}
+
+describe('Subscriber', () => {
+  it('holds live events until the opening is written, then drops those the snapshot covers', () => {
+    const { sink, subscriber } = setup();
+    subscriber.push(log(4));
+    subscriber.push(log(5));
+    subscriber.push(update(6));
+    subscriber.flush();
+    expect(sink.written).toEqual([]);
+    subscriber.openRun('r', 5);
+    subscriber.flush();
+    expect(sink.written).toEqual([[6]]);
+  });
+
+  it('writes everything pending in one write', () => {
+    const { sink, hooks, subscriber } = setup();
+    subscriber.openRun('r', 0);
+    for (let seq = 1; seq <= 5; seq++) subscriber.push(log(seq));
+    expect(hooks.dirty).toBe(1);
+    subscriber.flush();
+    expect(sink.written).toEqual([[1, 2, 3, 4, 5]]);
+  });
+
+  it('conflates updates while busy: latest state wins and seq keeps growing', () => {
+    const { sink, hooks, subscriber } = setup();
+    subscriber.openRun('r', 0);
+    sink.busy = true;
+    subscriber.push(update(1));
+    subscriber.push(log(2));
+    subscriber.push(update(3));
+    subscriber.push(log(4));
+    subscriber.push(update(5));
+    subscriber.flush();
+    expect(sink.written).toEqual([]);
+    sink.busy = false;
+    subscriber.flush();
+    expect(sink.written).toEqual([[2, 4, 5]]);
+    expect(hooks.conflated).toBe(2);
+  });
+
+  it('never drops a log or a duplicate-free seq below the limit', () => {
+    const { sink, subscriber } = setup();
+    subscriber.openRun('r', 0);
+    sink.busy = true;
+    for (let seq = 1; seq <= 100; seq++) subscriber.push(log(seq));
+    subscriber.push(log(50));
+    sink.busy = false;
+    subscriber.flush();
+    expect(sink.written.flat()).toEqual(Array.from({ length: 100 }, (_, i) => i + 1));
+  });
+
+  it('disconnects with SLOW_CONSUMER once queued bytes pass the hard limit', () => {
+    const { sink, hooks, subscriber } = setup(2_000);
+    subscriber.openRun('r', 0);
+    sink.busy = true;
+    for (let seq = 1; seq <= 100 && !subscriber.isClosed; seq++) subscriber.push(log(seq, 'y'.repeat(50)));
+    expect(sink.closedWith).toBe('SLOW_CONSUMER');
+    expect(hooks.overflows).toBe(1);
+    expect(subscriber.backlogBytes).toBe(0);
+    sink.busy = false;
+    subscriber.flush();
+    expect(sink.written).toEqual([]);
+  });
+
+  it('delivers the terminal update and then leaves the run', () => {
+    const { sink, hooks, subscriber } = setup();
+    subscriber.openRun('r', 0);
+    sink.busy = true;
+    subscriber.push(update(1));
+    subscriber.push(update(2, 'COMPLETED'));
+    sink.busy = false;
+    subscriber.flush();
+    expect(sink.written).toEqual([[2]]);
+    expect(sink.ended).toEqual(['r']);
+    expect(hooks.runEnded).toEqual(['r']);
+    expect(subscriber.hasRun('r')).toBe(false);
+  });
+
+  it('keeps runs apart on one connection', () => {
+    const { sink, subscriber } = setup();
+    subscriber.addRun('q');
+    subscriber.openRun('r', 0);
+    subscriber.openRun('q', 10);
+    subscriber.push(update(1, 'RUNNING', 'r'));
+    subscriber.push(update(11, 'RUNNING', 'q'));
+    subscriber.push(log(2, 'x', 'r'));
+    subscriber.push(update(3, 'RUNNING', 'r'));
+    subscriber.flush();
+    // Only updates of the same run conflate; q's update stays.
+    expect(sink.written).toEqual([[11, 2, 3]]);
+  });
+});

@@ -52,7 +52,7 @@ function check(name, ok) {
 check('debian packages', ensureDebianPackages());
 check(
   'build and type check',
-  run('build', 'npx', ['tsc', '-b', 'packages/server']) &&
+  run('build', 'npx', ['tsc', '-b', 'packages/server', 'packages/client']) &&
     run('type check (tests included)', 'npx', ['tsc', '-p', 'tsconfig.json']),
 );
 check('lint', run('lint', 'npx', ['biome', 'check', '.']));

@@ -1,0 +1,77 @@
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { ProgressService } from '../../packages/client/src/index.js';
+import type { ConnectionMethod, ProgressEvent } from '../../packages/client/src/types.js';
+import {
+  makeWorld,
+  startServer,
+  type TestServer,
+  type World,
+} from '../../packages/server/src/test-support/server.js';
+
+let server: TestServer;
+let world: World;
+beforeAll(async () => {
+  server = await startServer();
+  world = await makeWorld(server.url);
+});
+afterAll(async () => {
+  expect(server.errorLogs).toEqual([]);
+  await server.close();
+});
+
+/** Resolves when `predicate` holds for the events seen so far. */
+function collector() {
+  const events: ProgressEvent[] = [];
+  let waiters: { predicate: (e: ProgressEvent[]) => boolean; resolve: () => void }[] = [];
+  return {
+    events,
+    push(event: ProgressEvent) {
+      events.push(event);
+      waiters = waiters.filter((w) => {
+        if (!w.predicate(events)) return true;
+        w.resolve();
+        return false;
+      });
+    },
+    until(predicate: (e: ProgressEvent[]) => boolean) {
+      if (predicate(events)) return Promise.resolve();
+      return new Promise<void>((resolve) => waiters.push({ predicate, resolve }));
+    },
+  };
+}
+
+describe.each<ConnectionMethod>(['websocket', 'sse', 'polling'])(
+  'ProgressService over %s alone',
+  (method) => {
+    let service: ProgressService;
+    afterEach(() => service.close());
+
+    it('delivers the snapshot, every log once in order, and the terminal state', async () => {
+      const created = await world.operator.post('/runs', { project_id: world.projectId, kind: 'external' });
+      const runId: string = created.body.run_id;
+      service = new ProgressService({ baseUrl: server.url, token: world.viewer.token, transports: [method] });
+      const seen = collector();
+      service.subscribeToRun(runId, (event) => seen.push(event));
+      await seen.until((events) => events.length > 0);
+      expect(seen.events[0]?.type).toBe('snapshot');
+      expect(service.getConnectionMethod()).toBe(method);
+      await world.worker.patch(`/runs/${runId}/progress`, { status: 'RUNNING' });
+      for (let i = 0; i < 20; i++)
+        await world.worker.post(`/runs/${runId}/logs`, { level: 'info', message: `line ${i}` });
+      await world.worker.patch(`/runs/${runId}/progress`, {
+        status: 'COMPLETED',
+        progress: { percentage: 100 },
+      });
+      await seen.until((events) =>
+        events.some((e) => e.type !== 'log' && 'snapshot' in e && e.snapshot.status === 'COMPLETED'),
+      );
+      const logs = seen.events
+        .filter((e) => e.type === 'log')
+        .map((e) => (e.type === 'log' ? e.log.message : ''));
+      expect(logs).toEqual(Array.from({ length: 20 }, (_, i) => `line ${i}`));
+      const seqs = seen.events.filter((e) => e.type !== 'error').map((e) => ('seq' in e ? e.seq : -1));
+      expect([...seqs].sort((a, b) => a - b)).toEqual(seqs);
+      expect(new Set(seqs).size).toBe(seqs.length);
+    });
+  },
+);

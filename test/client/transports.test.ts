@@ -1,12 +1,13 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { ProgressService } from '../../packages/client/src/index.js';
-import type { ConnectionMethod, ProgressEvent } from '../../packages/client/src/types.js';
+import type { ConnectionMethod } from '../../packages/client/src/types.js';
 import {
   makeWorld,
   startServer,
   type TestServer,
   type World,
 } from '../../packages/server/src/test-support/server.js';
+import { Collector } from '../support/collector.js';
 
 let server: TestServer;
 let world: World;
@@ -19,27 +20,6 @@ afterAll(async () => {
   await server.close();
 });
 
-/** Resolves when `predicate` holds for the events seen so far. */
-function collector() {
-  const events: ProgressEvent[] = [];
-  let waiters: { predicate: (e: ProgressEvent[]) => boolean; resolve: () => void }[] = [];
-  return {
-    events,
-    push(event: ProgressEvent) {
-      events.push(event);
-      waiters = waiters.filter((w) => {
-        if (!w.predicate(events)) return true;
-        w.resolve();
-        return false;
-      });
-    },
-    until(predicate: (e: ProgressEvent[]) => boolean) {
-      if (predicate(events)) return Promise.resolve();
-      return new Promise<void>((resolve) => waiters.push({ predicate, resolve }));
-    },
-  };
-}
-
 describe.each<ConnectionMethod>(['websocket', 'sse', 'polling'])(
   'ProgressService over %s alone',
   (method) => {
@@ -50,7 +30,7 @@ describe.each<ConnectionMethod>(['websocket', 'sse', 'polling'])(
       const created = await world.operator.post('/runs', { project_id: world.projectId, kind: 'external' });
       const runId: string = created.body.run_id;
       service = new ProgressService({ baseUrl: server.url, token: world.viewer.token, transports: [method] });
-      const seen = collector();
+      const seen = new Collector();
       service.subscribeToRun(runId, (event) => seen.push(event));
       await seen.until((events) => events.length > 0);
       expect(seen.events[0]?.type).toBe('snapshot');

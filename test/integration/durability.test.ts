@@ -1,125 +1,28 @@
-import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
 import type { LogEntry, LogEvent, ProgressUpdate, RunSnapshot } from '@runcast/protocol';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Api } from '../../packages/server/src/test-support/server.js';
+import {
+  CHILD_ADMIN_PASSWORD,
+  type Exit,
+  freePort,
+  killAllServers,
+  requireBuiltServer,
+  ServerProcess,
+} from '../support/server-process.js';
 
 // DESIGN §3: "An acknowledged update is durable (it survives `kill -9`) and has its seq."
 // The server runs as a real child process on a real SQLite file; it is killed with SIGKILL right
 // after the last acknowledgement and restarted on the same data dir and port.
 
-const MAIN = fileURLToPath(new URL('../../packages/server/dist/main.js', import.meta.url));
-const ADMIN_PASSWORD = 'durability-admin-password';
 const UPDATES = 500;
 const LOG_LINES = 500;
 const BATCH_SIZE = 5;
 const BATCHES = 20; // 20 batches of 5 lines + 400 single lines = 500 lines
 const IN_FLIGHT = 8;
 const EVENTS_PAGE = 100;
-
-/** A free loopback port: listen on port 0, read the port, close. */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const probe = createServer();
-    probe.once('error', reject);
-    probe.listen(0, '127.0.0.1', () => {
-      const address = probe.address();
-      if (address === null || typeof address === 'string') {
-        probe.close();
-        reject(new Error('probe socket has no TCP address'));
-        return;
-      }
-      probe.close((err) => (err ? reject(err) : resolve(address.port)));
-    });
-  });
-}
-
-/** The environment of a child: ours without Runcast settings, plus the ones this test needs. */
-function childEnv(): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = {};
-  for (const [key, value] of Object.entries(process.env)) {
-    if (!/^(RUNCAST_|HOST$|PORT$|LOG_LEVEL$)/.test(key)) env[key] = value;
-  }
-  return { ...env, RUNCAST_ADMIN_PASSWORD: ADMIN_PASSWORD, HOST: '127.0.0.1', LOG_LEVEL: 'info' };
-}
-
-interface Exit {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-}
-
-/** `node dist/main.js serve` as a child process; ready once it logs "listening". */
-class ServerProcess {
-  readonly stdout: string[] = [];
-  /** Log lines at level error or above (pino level >= 50). */
-  readonly errorLines: string[] = [];
-  stderr = '';
-  readonly exited: Promise<Exit>;
-  private constructor(
-    readonly child: ChildProcess,
-    readonly url: string,
-  ) {
-    this.exited = new Promise((resolve) => {
-      child.once('exit', (code, signal) => resolve({ code, signal }));
-    });
-  }
-
-  get running(): boolean {
-    return this.child.exitCode === null && this.child.signalCode === null;
-  }
-
-  static async start(dataDir: string, port: number): Promise<ServerProcess> {
-    const child = spawn(process.execPath, [MAIN, 'serve', '--port', String(port), '--data-dir', dataDir], {
-      env: childEnv(),
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    const server = new ServerProcess(child, `http://127.0.0.1:${port}`);
-    children.push(server);
-    child.stderr?.setEncoding('utf8');
-    child.stderr?.on('data', (chunk: string) => {
-      server.stderr += chunk;
-    });
-    const listening = new Promise<void>((resolve, reject) => {
-      // stdout is read for the whole life of the child, so a full pipe never blocks the server.
-      createInterface({ input: child.stdout! }).on('line', (line) => {
-        server.stdout.push(line);
-        let parsed: { level?: number; msg?: string } | undefined;
-        try {
-          parsed = JSON.parse(line) as { level?: number; msg?: string };
-        } catch {
-          return; // a plain line, such as the bootstrap-admin notice
-        }
-        if ((parsed.level ?? 0) >= 50) server.errorLines.push(line);
-        if (parsed.msg === 'listening') resolve();
-      });
-      child.once('error', reject);
-      server.exited.then(
-        ({ code, signal }) =>
-          reject(
-            new Error(
-              `server exited before listening (code ${code}, signal ${signal})\nstderr:\n${server.stderr}\nstdout:\n${server.stdout.join('\n')}`,
-            ),
-          ),
-        reject,
-      );
-    });
-    await listening;
-    return server;
-  }
-
-  /** SIGKILL (no graceful shutdown) and wait for the process to be gone. */
-  async kill(): Promise<Exit> {
-    if (this.running) this.child.kill('SIGKILL');
-    return this.exited;
-  }
-}
-
-const children: ServerProcess[] = [];
 
 type Op =
   | { kind: 'update'; index: number; body: ProgressUpdate }
@@ -216,15 +119,13 @@ describe('durability: acknowledged writes survive kill -9', () => {
   let restarted: ServerProcess;
 
   beforeAll(async () => {
-    if (!existsSync(MAIN)) {
-      throw new Error(`${MAIN} is missing: build the server first with \`npx tsc -b packages/server\``);
-    }
+    requireBuiltServer();
     dataDir = mkdtempSync(join(tmpdir(), 'runcast-durability-'));
     port = await freePort();
 
     // First life: write and have everything acknowledged.
     const first = await ServerProcess.start(dataDir, port);
-    const admin = await new Api(first.url).login('admin', ADMIN_PASSWORD);
+    const admin = await new Api(first.url).login('admin', CHILD_ADMIN_PASSWORD);
     const project = await admin.post('/projects', { name: 'durability' });
     expect(project.status, JSON.stringify(project.body)).toBe(201);
     const run = await admin.post('/runs', { project_id: project.body.project_id, kind: 'external' });
@@ -267,7 +168,7 @@ describe('durability: acknowledged writes survive kill -9', () => {
 
     // Second life on the same data dir and port.
     restarted = await ServerProcess.start(dataDir, port);
-    const again = await new Api(restarted.url).login('admin', ADMIN_PASSWORD);
+    const again = await new Api(restarted.url).login('admin', CHILD_ADMIN_PASSWORD);
     const got = await again.get<RunSnapshot>(`/runs/${runId}`);
     expect(got.status, JSON.stringify(got.body)).toBe(200);
     runAfter = got.body;
@@ -296,7 +197,7 @@ describe('durability: acknowledged writes survive kill -9', () => {
   }, 120_000);
 
   afterAll(async () => {
-    for (const child of children) await child.kill();
+    await killAllServers();
     if (dataDir) rmSync(dataDir, { recursive: true, force: true });
   });
 

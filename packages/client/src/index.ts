@@ -1,6 +1,11 @@
 export { defaultEnvironment } from './environment.js';
 export { RuncastError } from './errors.js';
-export { defaultTransportFactory, ProgressService, type ProgressServiceOptions } from './progress-service.js';
+export {
+  defaultTransportFactory,
+  ProgressService,
+  type ProgressServiceOptions,
+  type ServiceStats,
+} from './progress-service.js';
 export {
   type BackoffOptions,
   ExponentialBackoff,

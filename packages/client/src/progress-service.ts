@@ -43,6 +43,15 @@ export interface ProgressServiceOptions {
   onListenerError?: (error: unknown) => void;
 }
 
+/** What `getStats` reports. */
+export interface ServiceStats {
+  eventsDelivered: number;
+  duplicatesDropped: number;
+  fallbacks: number;
+  upgrades: number;
+  reconnects: number;
+}
+
 interface Subscription {
   callbacks: Set<ProgressCallback>;
   cursor: RunCursor;
@@ -95,6 +104,7 @@ export class ProgressService {
   private lastFallback: { from: ConnectionMethod; reason: string } | undefined;
   private closed = false;
   private readonly stopWake: () => void;
+  private readonly counters = { eventsDelivered: 0, duplicatesDropped: 0, fallbacks: 0, upgrades: 0 };
 
   constructor(private readonly options: ProgressServiceOptions = {}) {
     this.env = { ...defaultEnvironment(), ...options.env };
@@ -139,6 +149,11 @@ export class ProgressService {
   /** The method now carrying events, or null while none is connected. */
   getConnectionMethod(): ConnectionMethod | null {
     return this.change.state === 'connected' ? this.change.method : null;
+  }
+
+  /** Counters since the service was created: events delivered, duplicates dropped, switches. */
+  getStats(): ServiceStats {
+    return { ...this.counters, reconnects: this.change.reconnects };
   }
 
   /** The current connection state. */
@@ -198,7 +213,11 @@ export class ProgressService {
     const subscription = this.subscriptions.get(event.run_id);
     if (!subscription) return;
     const out = subscription.cursor.accept(event);
-    if (!out) return;
+    if (!out) {
+      this.counters.duplicatesDropped += 1;
+      return;
+    }
+    this.counters.eventsDelivered += 1;
     if (out.type === 'error') subscription.failed = true;
     for (const callback of [...subscription.callbacks]) this.call(callback, out);
     if (subscription.failed || subscription.cursor.finished) this.unfollow(event.run_id);
@@ -337,6 +356,7 @@ export class ProgressService {
     this.failures.set(method, recent);
     if (recent.length >= this.fallbackAfter && this.index < this.order.length - 1) {
       this.failures.set(method, []);
+      this.counters.fallbacks += 1;
       this.lastFallback = { from: method, reason };
       this.index += 1;
       this.setState('reconnecting', this.order[this.index] ?? null, `fallback: ${reason}`);
@@ -400,6 +420,7 @@ export class ProgressService {
         this.active = probe;
         this.index = candidate;
         this.failures.set(method, []);
+        this.counters.upgrades += 1;
         this.setState('connected', method, 'upgrade');
         this.scheduleProbe();
       },

@@ -138,30 +138,34 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
       });
       await api.register(projectRoutes, { store, policy });
       await api.register(runRoutes, { runs, policy, hub, metrics, eventsPageLimit: config.eventsPageLimit });
-      await api.register(sseRoutes, {
-        hub,
-        policy,
-        metrics,
-        keepaliveMs: config.sseKeepaliveMs,
-        retryMs: config.sseRetryMs,
-      });
+      if (config.gateways.sse) {
+        await api.register(sseRoutes, {
+          hub,
+          policy,
+          metrics,
+          keepaliveMs: config.sseKeepaliveMs,
+          retryMs: config.sseRetryMs,
+        });
+      }
     },
     { prefix: '/api/v1' },
   );
 
-  const io = attachSocketGateway(app.server, {
-    hub,
-    policy,
-    authenticator,
-    metrics,
-    allowedOrigins: config.allowedOrigins,
-    parseCookies: (header) => app.parseCookie(header),
-  });
+  const io = config.gateways.websocket
+    ? attachSocketGateway(app.server, {
+        hub,
+        policy,
+        authenticator,
+        metrics,
+        allowedOrigins: config.allowedOrigins,
+        parseCookies: (header) => app.parseCookie(header),
+      })
+    : undefined;
   // Before the server stops accepting: tell every live client to reconnect (elsewhere) and wake
   // every long-poll, so that closing does not wait on streams that never end by themselves.
   app.addHook('preClose', async () => {
     hub.closeAll('SERVER_SHUTDOWN');
-    io.engine.close();
+    io?.engine.close();
   });
 
   app.get('/metrics', { schema: { hide: true } }, async (request, reply) => {

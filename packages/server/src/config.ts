@@ -35,6 +35,8 @@ export interface Config {
   /** When set, `/metrics` is also served without authentication on this port (and host). */
   metricsPort: number | undefined;
   metricsHost: string;
+  /** Live gateways to serve; polling is always on (it is the REST API). */
+  gateways: { websocket: boolean; sse: boolean };
 }
 
 /** A setting with a bad value; the message names it, on one line. */
@@ -83,6 +85,17 @@ function boolean(name: string, raw: string | undefined, fallback: boolean): bool
   if (/^(1|true|yes|on)$/i.test(raw)) return true;
   if (/^(0|false|no|off)$/i.test(raw)) return false;
   throw new ConfigError(`${name} must be true or false, got "${raw}"`);
+}
+
+function gateways(raw: string | undefined): Config['gateways'] {
+  if (raw === undefined || raw.trim() === '') return { websocket: true, sse: true };
+  const names = raw.split(',').map((name) => name.trim());
+  for (const name of names) {
+    if (!['websocket', 'sse', 'polling'].includes(name)) {
+      throw new ConfigError(`RUNCAST_TRANSPORTS entries must be websocket, sse or polling, got "${name}"`);
+    }
+  }
+  return { websocket: names.includes('websocket'), sse: names.includes('sse') };
 }
 
 /** Reads the configuration from `env` and command-line `args` (flags win over env). */
@@ -152,5 +165,6 @@ export function loadConfig(env: Env = process.env, args: string[] = []): Config 
       ? integer('RUNCAST_METRICS_PORT', env.RUNCAST_METRICS_PORT, 0, 0, 65535)
       : undefined,
     metricsHost: env.RUNCAST_METRICS_HOST || '127.0.0.1',
+    gateways: gateways(env.RUNCAST_TRANSPORTS),
   };
 }

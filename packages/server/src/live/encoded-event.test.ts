@@ -16,8 +16,9 @@ describe('SSE framing', () => {
     expect(event.sse.split('\n').filter((line) => line.startsWith('data: '))).toHaveLength(1);
   });
 
-  it('frames the multiplexed stream with <run_id>:<seq> ids', () => {
-    expect(event.sseMultiplexed.startsWith('id: run_A:7\nevent: log\n')).toBe(true);
+  it('shares the event and data lines with streams that write their own id', () => {
+    expect(event.sse).toBe(`id: 7\n${event.sseWithoutId}`);
+    expect(event.sseWithoutId.startsWith('event: log\ndata: ')).toBe(true);
   });
 
   it('encodes once and reuses the text', () => {

@@ -17,7 +17,7 @@ export class EncodedEvent {
   readonly committedAtMs: number;
   private jsonText: string | undefined;
   private sseSingle: string | undefined;
-  private sseMulti: string | undefined;
+  private sseTail: string | undefined;
   /** Gateway-specific encodings (the Socket.IO packet), keyed by the gateway. */
   readonly cache = new Map<string, unknown>();
 
@@ -44,13 +44,13 @@ export class EncodedEvent {
 
   /** `id: <seq>` framing of the single-run stream. */
   get sse(): string {
-    this.sseSingle ??= `id: ${this.seq}\nevent: ${this.event.type}\ndata: ${this.json}\n\n`;
+    this.sseSingle ??= `id: ${this.seq}\n${this.sseWithoutId}`;
     return this.sseSingle;
   }
 
-  /** `id: <run_id>:<seq>` framing of the multiplexed stream. */
-  get sseMultiplexed(): string {
-    this.sseMulti ??= `id: ${this.runId}:${this.seq}\nevent: ${this.event.type}\ndata: ${this.json}\n\n`;
-    return this.sseMulti;
+  /** The `event` and `data` lines, shared by streams that write an id line of their own. */
+  get sseWithoutId(): string {
+    this.sseTail ??= `event: ${this.event.type}\ndata: ${this.json}\n\n`;
+    return this.sseTail;
   }
 }

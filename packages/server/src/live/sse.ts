@@ -38,17 +38,28 @@ export function snapshotEvent(replay: RunReplay): SnapshotEvent {
   return event;
 }
 
-/** One SSE response as a Hub sink; `multiplexed` streams carry many runs with `<run_id>:<seq>` ids. */
+/**
+ * One SSE response as a Hub sink. A multiplexed stream's id is the cursor of every run it
+ * carries (`<run_id>:<seq>,…`): EventSource resends only the last id it saw, and that one id
+ * must let the server resume every run — without it, the other runs would lose the logs of the
+ * gap, and finished ones would be replayed on every reconnect instead of ending with 204.
+ */
 class SseSink implements Sink {
   readonly transport = 'sse' as const;
   private ended = false;
   private readonly openRuns = new Set<string>();
+  private readonly cursors: Map<string, number> | undefined;
 
   constructor(
     private readonly res: ServerResponse,
-    private readonly multiplexed: boolean,
+    multiplexed: Map<string, number | undefined> | undefined,
     private readonly retryMs: number,
-  ) {}
+  ) {
+    if (multiplexed) {
+      this.cursors = new Map();
+      for (const [runId, seq] of multiplexed) if (seq !== undefined) this.cursors.set(runId, seq);
+    }
+  }
 
   follow(runId: string): void {
     this.openRuns.add(runId);
@@ -59,7 +70,11 @@ class SseSink implements Sink {
   }
 
   frame(event: EncodedEvent): string {
-    return this.multiplexed ? event.sseMultiplexed : event.sse;
+    if (!this.cursors) return event.sse;
+    this.cursors.set(event.runId, event.seq);
+    let id = '';
+    for (const [runId, seq] of this.cursors) id += `${id ? ',' : ''}${runId}:${seq}`;
+    return `id: ${id}\n${event.sseWithoutId}`;
   }
 
   write(events: readonly EncodedEvent[]): void {
@@ -161,7 +176,7 @@ export const sseRoutes: FastifyPluginAsyncTypebox<SseOptions> = async (app, opti
       header(request, TRANSPORT_HEADERS.fallbackReason),
     );
     const res = reply.raw;
-    const sink = new SseSink(res, multiplexed, options.retryMs);
+    const sink = new SseSink(res, multiplexed ? cursors : undefined, options.retryMs);
     const subscriber: Subscriber = hub.attach(sink);
     const replays: RunReplay[] = [];
     try {

@@ -54,6 +54,8 @@ export interface ServiceStats {
 
 interface Subscription {
   callbacks: Set<ProgressCallback>;
+  /** Callbacks added to a followed run that have not had their opening snapshot yet. */
+  unprimed: Set<ProgressCallback>;
   cursor: RunCursor;
   failed: boolean;
 }
@@ -92,6 +94,7 @@ export class ProgressService {
   private readonly live = new Set<Transport>();
   /** Transports still connecting, with the function that marks them open. */
   private readonly opening = new Map<Transport, () => void>();
+  private readonly openTimers = new Map<Transport, unknown>();
   private change: ConnectionChange;
   private active: Transport | undefined;
   private pending: Transport | undefined;
@@ -127,15 +130,14 @@ export class ProgressService {
     if (this.closed) throw new RuncastError('CLOSED', 'this ProgressService was closed');
     let subscription = this.subscriptions.get(runId);
     if (!subscription) {
-      subscription = { callbacks: new Set(), cursor: new RunCursor(), failed: false };
+      subscription = { callbacks: new Set(), unprimed: new Set(), cursor: new RunCursor(), failed: false };
       this.subscriptions.set(runId, subscription);
       this.follow(runId);
     } else if (subscription.cursor.lastState) {
       // A second callback on a run already followed starts from the state already known.
-      const opening = subscription.cursor.lastState;
-      queueMicrotask(() => {
-        if (subscription?.callbacks.has(callback)) this.call(callback, opening);
-      });
+      const sub = subscription;
+      sub.unprimed.add(callback);
+      queueMicrotask(() => this.prime(sub, callback));
     }
     subscription.callbacks.add(callback);
     let done = false;
@@ -209,9 +211,18 @@ export class ProgressService {
     }
   }
 
+  /** Gives a callback added to a followed run the state known now, once, before anything else. */
+  private prime(subscription: Subscription, callback: ProgressCallback): void {
+    if (!subscription.unprimed.delete(callback) || !subscription.callbacks.has(callback)) return;
+    const opening = subscription.cursor.lastState;
+    if (opening) this.call(callback, opening);
+  }
+
   private deliver(event: ProgressEvent): void {
     const subscription = this.subscriptions.get(event.run_id);
-    if (!subscription) return;
+    // After a run error nothing more is said about that run, even what was still in flight.
+    if (!subscription || subscription.failed) return;
+    for (const callback of [...subscription.unprimed]) this.prime(subscription, callback);
     const out = subscription.cursor.accept(event);
     if (!out) {
       this.counters.duplicatesDropped += 1;
@@ -250,7 +261,7 @@ export class ProgressService {
     return {
       onEvent: (event) => {
         if (!this.live.has(transport)) return;
-        this.opening.get(transport)?.();
+        if (event.type === 'snapshot' || event.type === 'error') this.opening.get(transport)?.();
         this.deliver(event);
       },
       onClose: (error) => {
@@ -279,8 +290,12 @@ export class ProgressService {
       this.context(this.index > 0 ? this.lastFallback : undefined),
     );
     this.pending = transport;
-    const state =
-      this.change.state === 'idle' || this.change.state === 'closed' ? 'connecting' : this.change.state;
+    const fresh = this.change.state === 'idle' || this.change.state === 'closed';
+    if (fresh) {
+      this.lastGoodMs = this.env.now();
+      this.retryCount = 0;
+    }
+    const state = fresh ? 'connecting' : this.change.state;
     this.setState(state, method, this.change.reason);
     this.open(
       transport,
@@ -321,6 +336,7 @@ export class ProgressService {
       if (settled) return;
       settled = true;
       this.env.clearTimeout(timer);
+      this.openTimers.delete(transport);
       this.opening.delete(transport);
       if (error) {
         this.retire(transport);
@@ -334,15 +350,25 @@ export class ProgressService {
       this.timeouts[method],
     );
     this.opening.set(transport, () => settle());
-    transport.connect(this.followedRunIds(), this.handlers(transport)).then(
+    this.openTimers.set(transport, timer);
+    const handlers = this.handlers(transport);
+    transport.connect(this.followedRunIds(), handlers).then(
       () => settle(),
-      (error: unknown) =>
-        settle(error instanceof RuncastError ? error : new RuncastError('CONNECT_FAILED', String(error))),
+      (error: unknown) => {
+        const failure =
+          error instanceof RuncastError ? error : new RuncastError('CONNECT_FAILED', String(error));
+        if (settled) handlers.onClose(failure);
+        else settle(failure);
+      },
     );
   }
 
   private retire(transport: Transport): void {
-    this.live.delete(transport);
+    const timer = this.openTimers.get(transport);
+    if (timer !== undefined) this.env.clearTimeout(timer);
+    this.openTimers.delete(transport);
+    this.opening.delete(transport);
+    if (!this.live.delete(transport)) return;
     transport.close();
   }
 
@@ -412,10 +438,14 @@ export class ProgressService {
       probe,
       method,
       () => {
-        if (this.probe !== probe || !this.active) return;
+        if (this.probe !== probe) return;
         // Both carried the runs for a moment; seq de-duplication keeps that gap-free and single.
-        const old = this.active;
-        this.retire(old);
+        if (this.retryTimer !== undefined) this.env.clearTimeout(this.retryTimer);
+        this.retryTimer = undefined;
+        for (const old of [this.active, this.pending]) if (old) this.retire(old);
+        this.pending = undefined;
+        this.retryCount = 0;
+        this.lastGoodMs = this.env.now();
         this.probe = undefined;
         this.active = probe;
         this.index = candidate;

@@ -4,7 +4,7 @@ export default defineConfig({
   resolve: { conditions: ['@runcast/source'] },
   ssr: { resolve: { conditions: ['@runcast/source'] } },
   test: {
-    include: ['packages/*/src/**/*.test.ts', 'test/**/*.test.ts'],
+    include: ['packages/*/src/**/*.test.ts', 'test/**/*.test.ts', 'e2e/**/*.test.ts'],
     testTimeout: 30_000,
     hookTimeout: 60_000,
     pool: 'forks',

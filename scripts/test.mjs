@@ -5,7 +5,12 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 
 /** Debian packages the suites need, by the command that proves each is present. */
-const DEBIAN_PACKAGES = [{ command: 'git', pkg: 'git' }];
+const DEBIAN_PACKAGES = [
+  { check: 'command -v git', pkg: 'git' },
+  { check: 'command -v chromium', pkg: 'chromium' },
+  // The connection indicator's icons are emoji: screenshots need a font that has them.
+  { check: 'test -e /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf', pkg: 'fonts-noto-color-emoji' },
+];
 
 const results = [];
 
@@ -20,27 +25,22 @@ function run(name, command, args, options = {}) {
   return ok;
 }
 
-function has(command) {
-  return spawnSync('sh', ['-c', `command -v ${command}`], { stdio: 'ignore' }).status === 0;
+function present(check) {
+  return spawnSync('sh', ['-c', check], { stdio: 'ignore' }).status === 0;
 }
 
 function ensureDebianPackages() {
-  const missing = DEBIAN_PACKAGES.filter(({ command }) => !has(command)).map(({ pkg }) => pkg);
+  const missing = DEBIAN_PACKAGES.filter(({ check }) => !present(check)).map(({ pkg }) => pkg);
   if (missing.length === 0) return true;
-  const sudo = process.getuid?.() === 0 ? [] : ['sudo'];
-  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+  const [command, ...prefix] = process.getuid?.() === 0 ? ['apt-get'] : ['sudo', 'apt-get'];
+  const options = { env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } };
   return (
-    run(
-      'apt-get update',
-      sudo[0] ?? 'apt-get',
-      [...sudo.slice(1), ...(sudo.length ? ['apt-get'] : []), 'update'],
-      { env },
-    ) &&
+    run('apt-get update', command, [...prefix, 'update'], options) &&
     run(
       'apt-get install',
-      sudo[0] ?? 'apt-get',
-      [...(sudo.length ? ['apt-get'] : []), 'install', '-y', '--no-install-recommends', ...missing],
-      { env },
+      command,
+      [...prefix, 'install', '-y', '--no-install-recommends', ...missing],
+      options,
     )
   );
 }
@@ -52,8 +52,9 @@ function check(name, ok) {
 check('debian packages', ensureDebianPackages());
 check(
   'build and type check',
-  run('build', 'npx', ['tsc', '-b', 'packages/server', 'packages/client']) &&
-    run('type check (tests included)', 'npx', ['tsc', '-p', 'tsconfig.json']),
+  run('build', 'npm', ['run', 'build']) &&
+    run('type check (tests included)', 'npx', ['tsc', '-p', 'tsconfig.json']) &&
+    run('type check (dashboard)', 'npx', ['tsc', '-p', 'packages/web']),
 );
 check('lint', run('lint', 'npx', ['biome', 'check', '.']));
 

@@ -1,7 +1,11 @@
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
+import cors from '@fastify/cors';
+import fastifyStatic from '@fastify/static';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import { TRANSPORT_HEADERS } from '@runcast/protocol';
 import Fastify, { type FastifyInstance, LogController } from 'fastify';
 import { Authenticator } from './auth/authenticator.js';
 import authPlugin, { requirePrincipal } from './auth/plugin.js';
@@ -53,6 +57,25 @@ const ROOT_PAGE = `<!doctype html>
 <p>Live progress for long migrations over WebSocket, Server-Sent Events and polling.</p>
 <p>The API is served under <code>/api/v1</code>; its reference is at <a href="/docs">/docs</a>.</p>
 </body></html>`;
+
+/**
+ * Serves the dashboard's build at `/`, with client-side routes (`/runs/…`, `/projects/…`)
+ * answered by its index.html. Without a build, `/` explains where the API is.
+ */
+async function serveDashboard(app: FastifyInstance, webDir: string): Promise<void> {
+  if (!existsSync(join(webDir, 'index.html'))) {
+    app.get('/', { schema: { hide: true } }, async (_request, reply) =>
+      reply.type('text/html').send(ROOT_PAGE),
+    );
+    return;
+  }
+  await app.register(fastifyStatic, { root: webDir, wildcard: false, index: ['index.html'] });
+  const spa = async (_request: unknown, reply: { sendFile(name: string): unknown }) =>
+    reply.sendFile('index.html');
+  for (const route of ['/runs/*', '/projects/*', '/projects', '/login']) {
+    app.get(route, { schema: { hide: true } }, spa);
+  }
+}
 
 /** Builds the Fastify app with every plugin registered; call `app.listen` to serve. */
 export async function buildApp(config: Config, options: BuildOptions = {}): Promise<Runcast> {
@@ -123,6 +146,22 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     },
   });
   await app.register(swaggerUi, { routePrefix: '/docs' });
+  if (config.allowedOrigins.length > 0) {
+    // A dashboard built for another origin (split deployment) calls the API cross-origin.
+    await app.register(cors, {
+      origin: [...config.allowedOrigins],
+      credentials: true,
+      allowedHeaders: [
+        'authorization',
+        'content-type',
+        'last-event-id',
+        'if-none-match',
+        ...Object.values(TRANSPORT_HEADERS),
+      ],
+      exposedHeaders: ['etag', 'retry-after'],
+      methods: ['GET', 'POST', 'PATCH', 'DELETE'],
+    });
+  }
   await app.register(authPlugin, { authenticator, allowedOrigins: config.allowedOrigins });
 
   await app.register(
@@ -182,9 +221,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
       return reply.code(503).send({ error: { code: 'NOT_READY', message: 'the store does not answer' } });
     }
   });
-  app.get('/', { schema: { hide: true } }, async (_request, reply) =>
-    reply.type('text/html').send(ROOT_PAGE),
-  );
+  await serveDashboard(app, config.webDir);
 
   await ensureAdmin(store, config.adminPassword, options.announce ?? ((message) => console.log(message)));
 

@@ -1,3 +1,4 @@
+import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 
 /** Every setting of the server, read from env and flags once and validated. */
@@ -35,6 +36,8 @@ export interface Config {
   /** When set, `/metrics` is also served without authentication on this port (and host). */
   metricsPort: number | undefined;
   metricsHost: string;
+  /** The dashboard's build, served at `/`. */
+  webDir: string;
   /** Live gateways to serve; polling is always on (it is the REST API). */
   gateways: { websocket: boolean; sse: boolean };
 }
@@ -166,5 +169,6 @@ export function loadConfig(env: Env = process.env, args: string[] = []): Config 
       : undefined,
     metricsHost: env.RUNCAST_METRICS_HOST || '127.0.0.1',
     gateways: gateways(env.RUNCAST_TRANSPORTS),
+    webDir: env.RUNCAST_WEB_DIR || fileURLToPath(new URL('../../web/dist', import.meta.url)),
   };
 }

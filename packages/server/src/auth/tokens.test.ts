@@ -37,7 +37,9 @@ describe('API tokens', () => {
     expect(secretHash).toMatch(/^[0-9a-f]{64}$/);
     expect(token).not.toContain(secretHash);
     expect(tokenSecretMatches(parsed?.secret ?? '', secretHash)).toBe(true);
-    expect(tokenSecretMatches(`${parsed?.secret.slice(0, -1)}A`, secretHash)).toBe(false);
+    const secret = parsed?.secret ?? '';
+    const altered = `${secret.slice(0, -1)}${secret.endsWith('A') ? 'B' : 'A'}`;
+    expect(tokenSecretMatches(altered, secretHash)).toBe(false);
   });
 
   it('refuses malformed tokens', () => {

@@ -1,0 +1,53 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  makeWorld,
+  startServer,
+  type TestServer,
+  type World,
+} from '../../packages/server/src/test-support/server.js';
+
+// A dashboard built for another origin (VITE_API_URL) calls the API cross-origin with its token.
+describe('a split deployment', () => {
+  const DASHBOARD = 'http://dashboard.example';
+  let server: TestServer;
+  let world: World;
+  beforeAll(async () => {
+    server = await startServer({ RUNCAST_ALLOWED_ORIGINS: DASHBOARD });
+    world = await makeWorld(server.url);
+  });
+  afterAll(async () => {
+    expect(server.errorLogs).toEqual([]);
+    await server.close();
+  });
+
+  const preflight = (origin: string) =>
+    fetch(`${server.url}/api/v1/runs/${world.runId}/progress`, {
+      method: 'OPTIONS',
+      headers: {
+        origin,
+        'access-control-request-method': 'PATCH',
+        'access-control-request-headers': 'authorization,content-type',
+      },
+    });
+
+  it('answers the preflight of an allowed origin', async () => {
+    const answer = await preflight(DASHBOARD);
+    expect(answer.status).toBeLessThan(300);
+    expect(answer.headers.get('access-control-allow-origin')).toBe(DASHBOARD);
+    expect(answer.headers.get('access-control-allow-headers')).toContain('authorization');
+  });
+
+  it('does not allow other origins', async () => {
+    const answer = await preflight('http://evil.example');
+    expect(answer.headers.get('access-control-allow-origin')).toBeNull();
+  });
+
+  it('lets the allowed origin read answers and their ETag', async () => {
+    const answer = await fetch(`${server.url}/api/v1/runs/${world.runId}/progress`, {
+      headers: { origin: DASHBOARD, authorization: `Bearer ${world.viewer.token}` },
+    });
+    expect(answer.status).toBe(200);
+    expect(answer.headers.get('access-control-allow-origin')).toBe(DASHBOARD);
+    expect(answer.headers.get('access-control-expose-headers')).toContain('etag');
+  });
+});

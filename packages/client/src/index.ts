@@ -12,6 +12,12 @@ export {
   type ReconnectPolicy,
   type RetryContext,
 } from './reconnect-policy.js';
+export {
+  type ReporterEnvironment,
+  type ReporterStats,
+  RunReporter,
+  type RunReporterOptions,
+} from './reporter.js';
 export { RunCursor } from './run-cursor.js';
 export type { Transport, TransportContext, TransportFactory, TransportHandlers } from './transport.js';
 export { PollingTransport } from './transports/polling.js';

@@ -317,3 +317,45 @@ export const TRANSPORT_HEADERS = {
   fallbackFrom: 'x-runcast-fallback-from',
   fallbackReason: 'x-runcast-fallback-reason',
 } as const;
+
+/**
+ * Header of `PATCH /runs/{run_id}/progress` and `POST /runs/{run_id}/logs`: a request repeated with
+ * the same key for the same run is applied once and answered as the first was.
+ */
+export const IDEMPOTENCY_KEY_HEADER = 'idempotency-key';
+/** An idempotency key: 1 to 200 printable ASCII characters. */
+export const IdempotencyKey = Type.String({ minLength: 1, maxLength: 200, pattern: '^[\\x20-\\x7E]+$' });
+/** The request headers that carry an idempotency key. */
+export const IdempotencyHeaders = Type.Object({ [IDEMPOTENCY_KEY_HEADER]: Type.Optional(IdempotencyKey) });
+
+const SecretText = Type.String({ minLength: 1, maxLength: 4096 });
+const RepoUrl = Type.String({ minLength: 1, maxLength: 2048 });
+
+/** One repository of a git-mirror run; its tokens override the run-wide ones. */
+export const GitMirrorRepository = Type.Object(
+  {
+    source: RepoUrl,
+    target: RepoUrl,
+    source_token: Type.Optional(SecretText),
+    target_token: Type.Optional(SecretText),
+  },
+  { additionalProperties: false },
+);
+export type GitMirrorRepository = Static<typeof GitMirrorRepository>;
+
+/** `config` of a `git-mirror` run. Tokens are secrets: stored encrypted, never returned or logged. */
+export const GitMirrorConfig = Type.Object(
+  {
+    repositories: Type.Array(GitMirrorRepository, { minItems: 1, maxItems: 200 }),
+    exclude_refs: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 500 }), { maxItems: 200 })),
+    rename_refs: Type.Optional(
+      Type.Record(Type.String({ pattern: '^refs/' }), Type.String({ pattern: '^refs/', maxLength: 500 })),
+    ),
+    force: Type.Optional(Type.Boolean()),
+    continue_on_error: Type.Optional(Type.Boolean()),
+    source_token: Type.Optional(SecretText),
+    target_token: Type.Optional(SecretText),
+  },
+  { additionalProperties: false },
+);
+export type GitMirrorConfig = Static<typeof GitMirrorConfig>;

@@ -1,6 +1,8 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import {
   CreateRun,
+  IDEMPOTENCY_KEY_HEADER,
+  IdempotencyHeaders,
   isTerminal,
   type LogEntry,
   LogsBody,
@@ -187,10 +189,12 @@ export const runRoutes: FastifyPluginAsyncTypebox<RunRoutesOptions> = async (app
 
   app.patch(
     '/runs/:run_id/progress',
-    { schema: { params: RunParams, body: ProgressUpdate, tags: ['runs'] } },
+    { schema: { params: RunParams, body: ProgressUpdate, headers: IdempotencyHeaders, tags: ['runs'] } },
     async (request, reply) => {
       await policy.requireRun(requirePrincipal(request), request.params.run_id, true);
-      const snapshot = await runs.updateProgress(request.params.run_id, request.body);
+      const snapshot = await runs.updateProgress(request.params.run_id, request.body, {
+        idempotencyKey: request.headers[IDEMPOTENCY_KEY_HEADER],
+      });
       reply.header('etag', etagOf(snapshot.seq));
       return snapshot;
     },
@@ -198,12 +202,14 @@ export const runRoutes: FastifyPluginAsyncTypebox<RunRoutesOptions> = async (app
 
   app.post(
     '/runs/:run_id/logs',
-    { schema: { params: RunParams, body: LogsBody, tags: ['runs'] } },
+    { schema: { params: RunParams, body: LogsBody, headers: IdempotencyHeaders, tags: ['runs'] } },
     async (request, reply) => {
       await policy.requireRun(requirePrincipal(request), request.params.run_id, true);
       const body = request.body;
       const entries: LogEntry[] = 'entries' in body ? body.entries : [body];
-      const seqs = await runs.appendLogs(request.params.run_id, entries);
+      const seqs = await runs.appendLogs(request.params.run_id, entries, {
+        idempotencyKey: request.headers[IDEMPOTENCY_KEY_HEADER],
+      });
       return reply.code(201).send({ run_id: request.params.run_id, ...seqs });
     },
   );

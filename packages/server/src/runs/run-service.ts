@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import {
   canTransition,
   isTerminal,
@@ -12,11 +13,41 @@ import {
 import type { Bus } from '../bus/bus.js';
 import { AppError } from '../errors.js';
 import { newId } from '../ids.js';
-import type { RunChange, RunQuery, RunRecord, RunReplay, Store } from '../store/store.js';
+import type { IdempotencyClaim, RunChange, RunQuery, RunRecord, RunReplay, Store } from '../store/store.js';
 import { toSnapshot } from './snapshot.js';
 
-/** Kinds a run can be created with; `git-mirror` joins when its executor is registered. */
-export type AvailableKinds = ReadonlySet<RunKind>;
+/**
+ * What RunService needs to know about run kinds: which exist on this server, how a kind's
+ * config is checked and stored (secrets sealed), and who takes a new run of it (the runner).
+ */
+export interface RunKinds {
+  has(kind: RunKind): boolean;
+  /** Validates a config and returns the form to store; throws INVALID_INPUT. */
+  prepareConfig(
+    kind: RunKind,
+    config: Record<string, unknown> | undefined,
+  ): Record<string, unknown> | undefined;
+  /** Called after a run was created (and after a retry created one). */
+  created(run: RunRecord): void;
+}
+
+/** Only `external` runs, moved by their workers. */
+export const EXTERNAL_ONLY: RunKinds = {
+  has: (kind) => kind === 'external',
+  prepareConfig: (_kind, config) => config,
+  created: () => {},
+};
+
+/** What a producer's request may add to a change. */
+export interface ProducerRequestOptions {
+  /** The request's `Idempotency-Key`: repeats with the same key for the same run are applied once. */
+  idempotencyKey?: string | undefined;
+}
+
+/** Identifies a request by what it asks for, so that one key cannot stand for two requests. */
+function fingerprint(operation: string, body: unknown): string {
+  return createHash('sha256').update(operation).update('\n').update(JSON.stringify(body)).digest('base64url');
+}
 
 export interface NewRun {
   project_id: string;
@@ -65,13 +96,13 @@ export class RunService {
   constructor(
     private readonly store: Store,
     private readonly bus: Bus,
-    private readonly availableKinds: AvailableKinds = new Set<RunKind>(['external']),
+    private readonly kinds: RunKinds = EXTERNAL_ONLY,
     private readonly now: () => Date = () => new Date(),
   ) {}
 
   /** Creates a run in CREATED state at seq 0. */
   async create(input: NewRun): Promise<RunRecord> {
-    if (!this.availableKinds.has(input.kind)) {
+    if (!this.kinds.has(input.kind)) {
       throw new AppError('KIND_UNSUPPORTED', `runs of kind "${input.kind}" are not available on this server`);
     }
     const at = this.now().toISOString();
@@ -92,12 +123,15 @@ export class RunService {
       updated_at: at,
       error: null,
       retry_of: input.retry_of ?? null,
-      config: input.config ?? null,
+      config: input.retry_of
+        ? (input.config ?? null)
+        : (this.kinds.prepareConfig(input.kind, input.config) ?? null),
       created_by: input.created_by,
       log_count: 0,
       pruned_through_seq: 0,
     };
     await this.store.createRun(run);
+    this.kinds.created(run);
     return run;
   }
 
@@ -114,14 +148,26 @@ export class RunService {
     return this.store.replay(runId, since, limit);
   }
 
-  /** RunService.update_run_progress: partial update, one seq, durable when it resolves. */
-  async updateProgress(runId: string, patch: ProgressUpdate): Promise<RunSnapshot> {
-    const { run } = await this.commit(runId, (current) => {
-      const at = this.now().toISOString();
-      const next = applyProgressUpdate(current, patch, at);
-      return { run: next, logs: [] };
-    });
-    return toSnapshot(run);
+  /**
+   * RunService.update_run_progress: partial update, one seq, durable when it resolves. With an
+   * idempotency key already used for this run, commits nothing and answers the first snapshot.
+   */
+  async updateProgress(
+    runId: string,
+    patch: ProgressUpdate,
+    options: ProducerRequestOptions = {},
+  ): Promise<RunSnapshot> {
+    return this.commitOnce(
+      runId,
+      (current) => {
+        const at = this.now().toISOString();
+        const next = applyProgressUpdate(current, patch, at);
+        return { run: next, logs: [] };
+      },
+      (change) => toSnapshot(change.run),
+      options.idempotencyKey,
+      () => fingerprint('progress', patch),
+    );
   }
 
   /** Moves a run to `status` (used by the runner and by cancel). */
@@ -129,26 +175,35 @@ export class RunService {
     return this.updateProgress(runId, error === undefined ? { status } : { status, error });
   }
 
-  /** Appends log lines, one seq each. */
+  /**
+   * Appends log lines, one seq each. With an idempotency key already used for this run, commits
+   * nothing and answers the seqs the first request took.
+   */
   async appendLogs(
     runId: string,
     entries: readonly LogEntry[],
+    options: ProducerRequestOptions = {},
   ): Promise<{ first_seq: number; last_seq: number }> {
-    const { logs } = await this.commit(runId, (current) => {
-      if (isTerminal(current.status)) {
-        throw new AppError('RUN_TERMINAL', `run ${runId} is ${current.status} and takes no more logs`);
-      }
-      const at = this.now().toISOString();
-      const events: LogEvent[] = entries.map((log, index) => ({
-        run_id: runId,
-        seq: current.seq + 1 + index,
-        type: 'log',
-        at,
-        log,
-      }));
-      return { run: { ...current, seq: current.seq + entries.length }, logs: events };
-    });
-    return { first_seq: logs[0]?.seq ?? 0, last_seq: logs[logs.length - 1]?.seq ?? 0 };
+    return this.commitOnce(
+      runId,
+      (current) => {
+        if (isTerminal(current.status)) {
+          throw new AppError('RUN_TERMINAL', `run ${runId} is ${current.status} and takes no more logs`);
+        }
+        const at = this.now().toISOString();
+        const events: LogEvent[] = entries.map((log, index) => ({
+          run_id: runId,
+          seq: current.seq + 1 + index,
+          type: 'log',
+          at,
+          log,
+        }));
+        return { run: { ...current, seq: current.seq + entries.length }, logs: events };
+      },
+      ({ logs }) => ({ first_seq: logs[0]?.seq ?? 0, last_seq: logs[logs.length - 1]?.seq ?? 0 }),
+      options.idempotencyKey,
+      () => fingerprint('logs', entries),
+    );
   }
 
   /** Ends a run CANCELED. */
@@ -176,11 +231,37 @@ export class RunService {
     });
   }
 
-  private async commit(runId: string, change: (current: RunRecord) => RunChange): Promise<RunChange> {
-    const result = await this.store.commitRun(runId, change);
-    const events: RunEvent[] =
-      result.logs.length > 0 ? [...result.logs] : [updateEvent(result.run, result.run.updated_at)];
+  /**
+   * Commits `change` and answers `answer(change)`; with an idempotency key, at most once per run
+   * and key — a repeat publishes nothing and answers what the first request was answered.
+   */
+  private async commitOnce<T>(
+    runId: string,
+    change: (current: RunRecord) => RunChange,
+    answer: (change: RunChange) => T,
+    idempotencyKey: string | undefined,
+    requestFingerprint: () => string,
+  ): Promise<T> {
+    let answered: { value: T } | undefined;
+    const claim: IdempotencyClaim | undefined =
+      idempotencyKey === undefined
+        ? undefined
+        : {
+            key: idempotencyKey,
+            fingerprint: requestFingerprint(),
+            response: (committed) => {
+              answered = { value: answer(committed) };
+              return JSON.stringify(answered.value);
+            },
+          };
+    const result = await this.store.commitRun(runId, change, { idempotency: claim });
+    if (result.replayed) return JSON.parse(result.response) as T;
+    this.publish(result.change);
+    return answered ? answered.value : answer(result.change);
+  }
+
+  private publish({ run, logs }: RunChange): void {
+    const events: RunEvent[] = logs.length > 0 ? [...logs] : [updateEvent(run, run.updated_at)];
     this.bus.publish(events);
-    return result;
   }
 }

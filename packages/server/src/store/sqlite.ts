@@ -6,6 +6,8 @@ import { AppError } from '../errors.js';
 import { SQLITE_MIGRATIONS } from './migrations.js';
 import type {
   ApiTokenRecord,
+  CommitOptions,
+  CommitResult,
   MemberRecord,
   ProjectRecord,
   RunChange,
@@ -23,6 +25,19 @@ export interface SqliteStoreOptions {
   /** Log events kept per run. */
   eventRetention: number;
   synchronous?: 'NORMAL' | 'FULL';
+  /** Idempotency keys older than this may be pruned (default 24 h). */
+  idempotencyTtlMs?: number;
+  /** The clock that dates idempotency keys; injectable in tests. */
+  now?: () => Date;
+}
+
+const DAY_MS = 24 * 60 * 60 * 1000;
+/** Expired idempotency keys are deleted at most this often, on the insert of a new key. */
+const IDEMPOTENCY_PRUNE_INTERVAL_MS = 60_000;
+
+interface IdempotencyRow {
+  fingerprint: string;
+  response: string;
 }
 
 interface RunRow {
@@ -118,6 +133,9 @@ function isUniqueViolation(err: unknown): boolean {
 export class SqliteStore implements Store {
   private readonly db: Database.Database;
   private readonly retention: number;
+  private readonly idempotencyTtlMs: number;
+  private readonly now: () => Date;
+  private lastIdempotencyPruneMs = Number.NEGATIVE_INFINITY;
   private readonly sql;
 
   constructor(options: SqliteStoreOptions) {
@@ -128,6 +146,8 @@ export class SqliteStore implements Store {
     this.db.pragma('foreign_keys = ON');
     this.db.pragma('busy_timeout = 5000');
     this.retention = options.eventRetention;
+    this.idempotencyTtlMs = options.idempotencyTtlMs ?? DAY_MS;
+    this.now = options.now ?? (() => new Date());
     this.migrate();
     const db = this.db;
     this.sql = {
@@ -187,6 +207,13 @@ export class SqliteStore implements Store {
       eventsAfter: db.prepare(
         'SELECT run_id, seq, at, body FROM run_events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?',
       ),
+      idempotencyKey: db.prepare(
+        'SELECT fingerprint, response FROM idempotency_keys WHERE run_id = ? AND key = ?',
+      ),
+      insertIdempotencyKey: db.prepare(
+        'INSERT INTO idempotency_keys (run_id, key, fingerprint, response, created_at) VALUES (?, ?, ?, ?, ?)',
+      ),
+      pruneIdempotencyKeys: db.prepare('DELETE FROM idempotency_keys WHERE created_at < ?'),
       ping: db.prepare('SELECT 1').pluck(),
     };
   }
@@ -345,11 +372,28 @@ export class SqliteStore implements Store {
     return rows.map(rowToRun);
   }
 
-  async commitRun(runId: string, change: (current: RunRecord) => RunChange): Promise<RunChange> {
+  async commitRun(
+    runId: string,
+    change: (current: RunRecord) => RunChange,
+    options: CommitOptions = {},
+  ): Promise<CommitResult> {
+    const claim = options.idempotency;
     return this.db
-      .transaction((): RunChange => {
+      .transaction((): CommitResult => {
         const row = this.sql.run.get(runId) as RunRow | undefined;
         if (!row) throw new AppError('RUN_NOT_FOUND', `run ${runId} not found`);
+        if (claim) {
+          const seen = this.sql.idempotencyKey.get(runId, claim.key) as IdempotencyRow | undefined;
+          if (seen) {
+            if (seen.fingerprint !== claim.fingerprint) {
+              throw new AppError(
+                'INVALID_INPUT',
+                'this Idempotency-Key was already used for a different request to this run',
+              );
+            }
+            return { replayed: true, response: seen.response };
+          }
+        }
         const result = change(rowToRun(row));
         const run = { ...result.run, log_count: row.log_count + result.logs.length };
         for (const event of result.logs) {
@@ -366,9 +410,21 @@ export class SqliteStore implements Store {
           }
         }
         this.sql.updateRun.run(runToRow(run));
-        return { run, logs: result.logs };
+        const committed: RunChange = { run, logs: result.logs };
+        if (claim) this.storeIdempotencyKey(runId, claim.key, claim.fingerprint, claim.response(committed));
+        return { replayed: false, change: committed };
       })
       .immediate();
+  }
+
+  /** Inside a commit's transaction; now and then also deletes the keys past their TTL. */
+  private storeIdempotencyKey(runId: string, key: string, fingerprint: string, response: string): void {
+    const now = this.now();
+    this.sql.insertIdempotencyKey.run(runId, key, fingerprint, response, now.toISOString());
+    if (now.getTime() - this.lastIdempotencyPruneMs >= IDEMPOTENCY_PRUNE_INTERVAL_MS) {
+      this.lastIdempotencyPruneMs = now.getTime();
+      this.sql.pruneIdempotencyKeys.run(new Date(now.getTime() - this.idempotencyTtlMs).toISOString());
+    }
   }
 
   async replay(runId: string, since: number, limit: number): Promise<RunReplay | undefined> {

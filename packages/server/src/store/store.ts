@@ -58,6 +58,30 @@ export interface RunChange {
   logs: LogEvent[];
 }
 
+/**
+ * Makes a commit happen at most once per (run, key): the key is stored with the commit, in the same
+ * transaction, together with the answer the first request got.
+ */
+export interface IdempotencyClaim {
+  /** The client's `Idempotency-Key`. */
+  key: string;
+  /** Identifies the request the key was first used for; the key used for another request is refused. */
+  fingerprint: string;
+  /** The answer to keep for repeats of the key (JSON text), made from the committed change. */
+  response(change: RunChange): string;
+}
+
+/** How `commitRun` applies a change. */
+export interface CommitOptions {
+  idempotency?: IdempotencyClaim | undefined;
+}
+
+/**
+ * What `commitRun` did: committed `change`, or found the idempotency key already used and
+ * committed nothing, answering the first request's stored `response`.
+ */
+export type CommitResult = { replayed: false; change: RunChange } | { replayed: true; response: string };
+
 export interface RunQuery {
   /** The projects whose runs may be listed, or every project. */
   projectIds: readonly string[] | 'all';
@@ -119,8 +143,18 @@ export interface Store {
   /**
    * Reads the run, lets `change` compute its next state, and stores that state and the log
    * events atomically; durable when the promise resolves. `change` may throw to abort.
+   *
+   * With an idempotency claim, the same transaction first looks the key up: a key already stored
+   * for this run commits nothing and answers the stored response (or refuses with INVALID_INPUT
+   * when its fingerprint differs); a new key is stored with the commit. Commits to one run are
+   * serialized (SQLite: one writer; PostgreSQL: the run row `FOR UPDATE` before the lookup), so
+   * two concurrent requests with one key cannot both commit.
    */
-  commitRun(runId: string, change: (current: RunRecord) => RunChange): Promise<RunChange>;
+  commitRun(
+    runId: string,
+    change: (current: RunRecord) => RunChange,
+    options?: CommitOptions,
+  ): Promise<CommitResult>;
   /** The run and its log events with seq > `since` (at most `limit`), read in one transaction. */
   replay(runId: string, since: number, limit: number): Promise<RunReplay | undefined>;
 }

@@ -16,6 +16,7 @@ import type { Bus } from './bus/bus.js';
 import { MemoryBus } from './bus/memory.js';
 import type { Config } from './config.js';
 import { AppError } from './errors.js';
+import { ConnectionDrain, waitUntil } from './http/drain.js';
 import { registerErrorHandling, sendError } from './http/error-handler.js';
 import { createValidatorCompiler } from './http/validation.js';
 import { Hub } from './live/hub.js';
@@ -23,6 +24,9 @@ import { attachSocketGateway } from './live/socket.js';
 import { sseRoutes } from './live/sse.js';
 import { Metrics } from './metrics.js';
 import { projectRoutes } from './projects/routes.js';
+import { GitMirrorExecutor, type GitMirrorHooks } from './runner/executors/git-mirror.js';
+import { Runner } from './runner/runner.js';
+import { SecretBox } from './runner/secrets.js';
 import { runRoutes } from './runs/routes.js';
 import { RunService } from './runs/run-service.js';
 import { SqliteStore } from './store/sqlite.js';
@@ -37,6 +41,7 @@ export interface Runcast {
   store: Store;
   bus: Bus;
   runs: RunService;
+  runner: Runner;
   hub: Hub;
   metrics: Metrics;
   /** Stops accepting, ends waits, closes the store. */
@@ -48,7 +53,12 @@ export interface BuildOptions {
   announce?: (message: string) => void;
   /** A pino destination for the server's own log lines (tests capture them). */
   logStream?: NodeJS.WritableStream;
+  /** Test seams of the git-mirror executor. */
+  gitMirrorHooks?: GitMirrorHooks;
 }
+
+/** How long shutdown waits for live clients to receive their "reconnect" (inside main's 10 s). */
+const SHUTDOWN_DRAIN_MS = 5000;
 
 const ROOT_PAGE = `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Runcast</title>
@@ -116,8 +126,13 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   registerErrorHandling(app);
 
   const bus = new MemoryBus((err) => app.log.error({ err }, 'bus listener failed'));
-  const runs = new RunService(store, bus);
+  const runner = new Runner(
+    { concurrency: config.runnerConcurrency, workRoot: join(config.dataDir, 'work') },
+    app.log,
+  ).register(new GitMirrorExecutor(SecretBox.forDataDir(config.dataDir), options.gitMirrorHooks));
+  const runs = new RunService(store, bus, runner);
   const metrics = new Metrics();
+  const drain = new ConnectionDrain();
   const hub = new Hub(bus, runs, metrics, {
     maxQueuedBytes: config.subscriberQueueLimitBytes,
     replayLimit: config.eventRetention,
@@ -184,6 +199,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
           metrics,
           keepaliveMs: config.sseKeepaliveMs,
           retryMs: config.sseRetryMs,
+          drain,
         });
       }
     },
@@ -200,10 +216,17 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
         parseCookies: (header) => app.parseCookie(header),
       })
     : undefined;
+  drain.watch(app.server, io !== undefined);
   // Before the server stops accepting: tell every live client to reconnect (elsewhere) and wake
   // every long-poll, so that closing does not wait on streams that never end by themselves.
   app.addHook('preClose', async () => {
     hub.closeAll('SERVER_SHUTDOWN');
+    drain.destroyUnused();
+    // The reconnect frames must reach the clients before their connections are closed.
+    await Promise.all([
+      drain.streamsFlushed(SHUTDOWN_DRAIN_MS),
+      waitUntil(() => (io?.engine.clientsCount ?? 0) === 0, SHUTDOWN_DRAIN_MS),
+    ]);
     io?.engine.close();
   });
 
@@ -224,6 +247,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   await serveDashboard(app, config.webDir);
 
   await ensureAdmin(store, config.adminPassword, options.announce ?? ((message) => console.log(message)));
+  await runner.start(runs, bus);
 
   let closed = false;
   return {
@@ -231,12 +255,14 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     store,
     bus,
     runs,
+    runner,
     hub,
     metrics,
     async close() {
       if (closed) return;
       closed = true;
       await app.close();
+      await runner.close();
       hub.close();
       await bus.close();
       await store.close();

@@ -36,6 +36,8 @@ export interface Config {
   /** When set, `/metrics` is also served without authentication on this port (and host). */
   metricsPort: number | undefined;
   metricsHost: string;
+  /** Runs the runner executes at once. */
+  runnerConcurrency: number;
   /** The dashboard's build, served at `/`. */
   webDir: string;
   /** Live gateways to serve; polling is always on (it is the REST API). */
@@ -169,6 +171,7 @@ export function loadConfig(env: Env = process.env, args: string[] = []): Config 
       : undefined,
     metricsHost: env.RUNCAST_METRICS_HOST || '127.0.0.1',
     gateways: gateways(env.RUNCAST_TRANSPORTS),
+    runnerConcurrency: integer('RUNCAST_RUNNER_CONCURRENCY', env.RUNCAST_RUNNER_CONCURRENCY, 2, 1, 64),
     webDir: env.RUNCAST_WEB_DIR || fileURLToPath(new URL('../../web/dist', import.meta.url)),
   };
 }

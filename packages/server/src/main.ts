@@ -1,11 +1,8 @@
 #!/usr/bin/env node
 import { buildApp } from './app.js';
+import { migrate, tokenCreate, USAGE, userAdd, watch } from './cli/commands.js';
+import { CliError, EXIT } from './cli/http.js';
 import { ConfigError, loadConfig } from './config.js';
-
-const USAGE = `usage: runcast <command> [flags]
-
-commands:
-  serve     start the server (flags: --host, --port, --data-dir, --log-level)`;
 
 async function serve(args: string[]): Promise<void> {
   const config = loadConfig(process.env, args);
@@ -32,31 +29,47 @@ async function serve(args: string[]): Promise<void> {
   runcast.app.log.info({ address }, 'listening');
 }
 
-async function main(argv: string[]): Promise<number> {
+/** Runs a command; resolves with the exit code, or undefined for `serve`, which keeps running. */
+async function main(argv: string[]): Promise<number | undefined> {
   const [command, ...rest] = argv;
+  const env = process.env;
   switch (command) {
     case 'serve':
       await serve(rest);
-      return -1;
+      return undefined;
+    case 'migrate':
+      return migrate(rest, env, process.stdout);
+    case 'watch':
+      return watch(rest, env, process.stdout);
+    case 'user':
+      if (rest[0] === 'add') return userAdd(rest.slice(1), env, process.stdout);
+      throw new CliError(`unknown user command "${rest[0] ?? ''}"\n\n${USAGE}`, EXIT.usage);
+    case 'token':
+      if (rest[0] === 'create') return tokenCreate(rest.slice(1), env, process.stdout);
+      throw new CliError(`unknown token command "${rest[0] ?? ''}"\n\n${USAGE}`, EXIT.usage);
     case undefined:
     case '-h':
     case '--help':
+    case 'help':
       console.log(USAGE);
-      return command === undefined ? 2 : 0;
+      return command === undefined ? EXIT.usage : EXIT.ok;
     default:
-      console.error(`runcast: unknown command "${command}"\n${USAGE}`);
-      return 2;
+      throw new CliError(`unknown command "${command}"\n\n${USAGE}`, EXIT.usage);
   }
 }
 
 main(process.argv.slice(2)).then(
   (code) => {
-    if (code >= 0) process.exitCode = code;
+    if (code !== undefined) process.exit(code);
   },
   (err: unknown) => {
     if (err instanceof ConfigError) {
       console.error(`runcast: ${err.message}`);
-      process.exit(2);
+      process.exit(EXIT.usage);
+    }
+    if (err instanceof CliError) {
+      console.error(`runcast: ${err.message}`);
+      process.exit(err.exitCode);
     }
     console.error(`runcast: ${(err as Error).stack ?? String(err)}`);
     process.exit(1);

@@ -6,6 +6,7 @@ import { Type } from 'typebox';
 import { requirePrincipal } from '../auth/plugin.js';
 import type { Policy } from '../auth/policy.js';
 import { AppError } from '../errors.js';
+import type { ConnectionDrain } from '../http/drain.js';
 import type { Metrics } from '../metrics.js';
 import { toSnapshot } from '../runs/snapshot.js';
 import type { RunReplay } from '../store/store.js';
@@ -20,6 +21,8 @@ export interface SseOptions {
   keepaliveMs: number;
   /** Reconnect delay the stream asks EventSource clients to use. */
   retryMs: number;
+  /** Lets shutdown wait until each stream has flushed its last frame. */
+  drain: ConnectionDrain;
 }
 
 const RUN_ID = /^run_[0-9A-HJKMNP-TV-Z]{26}$/;
@@ -198,6 +201,7 @@ export const sseRoutes: FastifyPluginAsyncTypebox<SseOptions> = async (app, opti
       return reply.code(204).send();
     }
     reply.hijack();
+    options.drain.track(res);
     res.writeHead(200, SSE_HEADERS);
     let opening = `retry: ${options.retryMs}\n\n`;
     const live: RunReplay[] = [];

@@ -17,6 +17,18 @@ export class ProgressThrottle {
   ) {}
 
   push(patch: ProgressUpdate): void {
+    // A new stage (or status) is never merged away: a stage shorter than the interval must
+    // still reach subscribers, so what was pending for the previous one goes out first.
+    const pending = this.pending;
+    if (
+      pending &&
+      ((patch.stage !== undefined && pending.stage !== undefined && patch.stage !== pending.stage) ||
+        (patch.status !== undefined && pending.status !== undefined && patch.status !== pending.status))
+    ) {
+      if (this.timer) clearTimeout(this.timer);
+      this.timer = undefined;
+      this.emit();
+    }
     this.pending = { ...this.pending, ...patch };
     if (this.timer) return;
     const waitMs = Math.max(0, this.lastSentMs + this.intervalMs - Date.now());

@@ -62,6 +62,8 @@ export class Runner implements RunKinds {
         if (event.type === 'update' && event.snapshot.status === 'CANCELED') this.cancel(event.run_id);
       }
     });
+    // Nothing executes yet: work dirs left by a process that died are garbage.
+    rmSync(this.options.workRoot, { recursive: true, force: true });
     // Only runs this process executes die with it; an external run's worker lives on.
     const running = await runs.list({ projectIds: 'all', statuses: ['RUNNING'], limit: 100_000 });
     for (const run of running.filter((r) => this.executors.has(r.kind))) {

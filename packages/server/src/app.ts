@@ -1,4 +1,5 @@
 import { existsSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
 import { join } from 'node:path';
 import cors from '@fastify/cors';
 import fastifyStatic from '@fastify/static';
@@ -43,6 +44,8 @@ export interface Runcast {
   runs: RunService;
   runner: Runner;
   hub: Hub;
+  /** The unauthenticated metrics listener, when RUNCAST_METRICS_PORT is set. */
+  metricsServer: Server | undefined;
   metrics: Metrics;
   /** Stops accepting, ends waits, closes the store. */
   close(): Promise<void>;
@@ -55,6 +58,20 @@ export interface BuildOptions {
   logStream?: NodeJS.WritableStream;
   /** Test seams of the git-mirror executor. */
   gitMirrorHooks?: GitMirrorHooks;
+}
+
+/** A bare HTTP listener that answers `GET /metrics` and nothing else. */
+function createMetricsServer(metrics: Metrics): Server {
+  return createServer((request, response) => {
+    if (request.method !== 'GET' || request.url?.split('?')[0] !== '/metrics') {
+      response.writeHead(404, { 'content-type': 'text/plain' }).end('not found\n');
+      return;
+    }
+    metrics.registry.metrics().then(
+      (text) => response.writeHead(200, { 'content-type': metrics.registry.contentType }).end(text),
+      () => response.writeHead(500).end(),
+    );
+  });
 }
 
 /** How long shutdown waits for live clients to receive their "reconnect" (inside main's 10 s). */
@@ -246,6 +263,15 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   });
   await serveDashboard(app, config.webDir);
 
+  // Scrapers on a private address get /metrics without credentials; elsewhere it needs an admin.
+  const metricsServer = config.metricsPort !== undefined ? createMetricsServer(metrics) : undefined;
+  if (metricsServer) {
+    await new Promise<void>((resolve, reject) => {
+      metricsServer.once('error', reject);
+      metricsServer.listen(config.metricsPort, config.metricsHost, () => resolve());
+    });
+  }
+
   await ensureAdmin(store, config.adminPassword, options.announce ?? ((message) => console.log(message)));
   await runner.start(runs, bus);
 
@@ -258,10 +284,13 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     runner,
     hub,
     metrics,
+    metricsServer,
     async close() {
       if (closed) return;
       closed = true;
       await app.close();
+      metricsServer?.closeAllConnections();
+      await new Promise((resolve) => (metricsServer ? metricsServer.close(resolve) : resolve(undefined)));
       await runner.close();
       hub.close();
       await bus.close();

@@ -51,3 +51,20 @@ describe('a split deployment', () => {
     expect(answer.headers.get('access-control-expose-headers')).toContain('etag');
   });
 });
+
+describe('a metrics bind address', () => {
+  it('serves /metrics without credentials there, while the API still requires an admin', async () => {
+    const server = await startServer({ RUNCAST_METRICS_PORT: '0', RUNCAST_METRICS_HOST: '127.0.0.1' });
+    try {
+      const address = server.runcast.metricsServer?.address();
+      if (!address || typeof address === 'string') throw new Error('no metrics listener');
+      const scraped = await fetch(`http://127.0.0.1:${address.port}/metrics`);
+      expect(scraped.status).toBe(200);
+      expect(await scraped.text()).toContain('runcast_connections{transport="sse"}');
+      expect((await fetch(`http://127.0.0.1:${address.port}/api/v1/runs`)).status).toBe(404);
+      expect((await fetch(`${server.url}/metrics`)).status).toBe(401);
+    } finally {
+      await server.close();
+    }
+  });
+});

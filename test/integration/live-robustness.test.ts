@@ -1,12 +1,9 @@
-import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { type ClientRequest, request as httpRequest, type IncomingMessage } from 'node:http';
-import { createServer, connect as netConnect } from 'node:net';
+import { connect as netConnect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
 import type { LogEntry, RunEvent, RunSnapshot, SnapshotEvent, SubscribeAck } from '@runcast/protocol';
 import { EventSource } from 'eventsource';
 import { io, type Socket } from 'socket.io-client';
@@ -18,6 +15,13 @@ import {
   type TestServer,
   type World,
 } from '../../packages/server/src/test-support/server.js';
+import {
+  CHILD_ADMIN_PASSWORD,
+  freePort,
+  killAllServers,
+  requireBuiltServer,
+  ServerProcess,
+} from '../support/server-process.js';
 
 // Live delivery under stress and at its edges (issue 3, DESIGN §3): a client that stops reading,
 // a thousand connections coming and going, credentials on every transport, the metrics, and a
@@ -1154,106 +1158,6 @@ describe('metrics', () => {
  * 5. Graceful shutdown of the real server process
  * ============================================================================================= */
 
-const MAIN = fileURLToPath(new URL('../../packages/server/dist/main.js', import.meta.url));
-const CHILD_ADMIN_PASSWORD = 'shutdown-admin-password';
-
-/** A free loopback port: listen on port 0, read the port, close. */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const probe = createServer();
-    probe.once('error', reject);
-    probe.listen(0, '127.0.0.1', () => {
-      const address = probe.address();
-      if (address === null || typeof address === 'string') {
-        probe.close();
-        reject(new Error('probe socket has no TCP address'));
-        return;
-      }
-      probe.close((err) => (err ? reject(err) : resolve(address.port)));
-    });
-  });
-}
-
-/** The environment of a child: ours without Runcast settings, plus the ones this test needs. */
-function childEnv(): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = {};
-  for (const [key, value] of Object.entries(process.env)) {
-    if (!/^(RUNCAST_|HOST$|PORT$|LOG_LEVEL$)/.test(key)) env[key] = value;
-  }
-  return { ...env, RUNCAST_ADMIN_PASSWORD: CHILD_ADMIN_PASSWORD, HOST: '127.0.0.1', LOG_LEVEL: 'info' };
-}
-
-interface Exit {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-}
-
-/** `node dist/main.js serve` as a child process; ready once it logs "listening". */
-class ServerProcess {
-  readonly stdout: string[] = [];
-  readonly errorLines: string[] = [];
-  stderr = '';
-  readonly exited: Promise<Exit>;
-
-  private constructor(
-    readonly child: ChildProcess,
-    readonly url: string,
-  ) {
-    this.exited = new Promise((resolve) => {
-      child.once('exit', (code, signal) => resolve({ code, signal }));
-    });
-  }
-
-  get running(): boolean {
-    return this.child.exitCode === null && this.child.signalCode === null;
-  }
-
-  static async start(dataDir: string, port: number): Promise<ServerProcess> {
-    const child = spawn(process.execPath, [MAIN, 'serve', '--port', String(port), '--data-dir', dataDir], {
-      env: childEnv(),
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    const server = new ServerProcess(child, `http://127.0.0.1:${port}`);
-    track(async () => {
-      await server.kill();
-    });
-    child.stderr?.setEncoding('utf8');
-    child.stderr?.on('data', (chunk: string) => {
-      server.stderr += chunk;
-    });
-    const listening = new Promise<void>((resolve, reject) => {
-      createInterface({ input: child.stdout! }).on('line', (line) => {
-        server.stdout.push(line);
-        let parsed: { level?: number; msg?: string } | undefined;
-        try {
-          parsed = JSON.parse(line) as { level?: number; msg?: string };
-        } catch {
-          return; // a plain line, such as the bootstrap-admin notice
-        }
-        if ((parsed.level ?? 0) >= 50) server.errorLines.push(line);
-        if (parsed.msg === 'listening') resolve();
-      });
-      child.once('error', reject);
-      server.exited.then(
-        ({ code, signal }) =>
-          reject(
-            new Error(
-              `server exited before listening (code ${code}, signal ${signal})\nstderr:\n${server.stderr}`,
-            ),
-          ),
-        reject,
-      );
-    });
-    await within(listening, 20_000, 'the server process to listen');
-    return server;
-  }
-
-  async kill(): Promise<Exit> {
-    if (this.running) this.child.kill('SIGKILL');
-    return this.exited;
-  }
-}
-
 describe('graceful shutdown with busy connections (in-process)', () => {
   let server: TestServer;
   let world: World;
@@ -1345,13 +1249,12 @@ describe('graceful shutdown', () => {
   let dataDir: string | undefined;
 
   beforeAll(() => {
-    if (!existsSync(MAIN)) {
-      throw new Error(`${MAIN} is missing: build the server first with \`npx tsc -b packages/server\``);
-    }
+    requireBuiltServer();
     dataDir = mkdtempSync(join(tmpdir(), 'runcast-shutdown-'));
   });
 
-  afterAll(() => {
+  afterAll(async () => {
+    await killAllServers();
     if (dataDir) rmSync(dataDir, { recursive: true, force: true });
   });
 

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import type { LogEntry, LogEvent, ProgressUpdate, RunSnapshot } from '@runcast/protocol';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Api } from '../../packages/server/src/test-support/server.js';
+import { inFlight } from '../support/async.js';
 import {
   CHILD_ADMIN_PASSWORD,
   type Exit,
@@ -84,24 +85,6 @@ function buildOps(): Op[] {
     else ops.push(logs[l++]!);
   }
   return ops;
-}
-
-/** Runs the tasks with at most `width` in flight; stops starting new ones after a failure. */
-async function inFlight(tasks: (() => Promise<void>)[], width: number): Promise<void> {
-  let next = 0;
-  let failed = false;
-  const worker = async () => {
-    while (!failed && next < tasks.length) {
-      const task = tasks[next++]!;
-      try {
-        await task();
-      } catch (err) {
-        failed = true;
-        throw err;
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: width }, worker));
 }
 
 describe('durability: acknowledged writes survive kill -9', () => {

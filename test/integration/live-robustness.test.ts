@@ -15,6 +15,7 @@ import {
   type TestServer,
   type World,
 } from '../../packages/server/src/test-support/server.js';
+import { inFlight, within } from '../support/async.js';
 import {
   CHILD_ADMIN_PASSWORD,
   freePort,
@@ -49,37 +50,6 @@ async function until(
     }
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
-}
-
-/** `promise`, or a failure naming `what` after `ms`. */
-async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-/** Runs the tasks with at most `width` in flight; stops starting new ones after a failure. */
-async function inFlight(tasks: (() => Promise<void>)[], width: number): Promise<void> {
-  let next = 0;
-  let failed = false;
-  const worker = async () => {
-    while (!failed && next < tasks.length) {
-      const task = tasks[next++]!;
-      try {
-        await task();
-      } catch (err) {
-        failed = true;
-        throw err;
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: width }, worker));
 }
 
 /* ------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import {
   startServer,
   type TestServer,
 } from '../../packages/server/src/test-support/server.js';
+import { within } from '../support/async.js';
 import { Collector } from '../support/collector.js';
 import {
   addCommit,
@@ -210,19 +211,6 @@ function subscribe(served: Served, runId: string): Collector {
   const seen = new Collector();
   service.subscribeToRun(runId, seen.push);
   return seen;
-}
-
-/** Rejects with `what` when `promise` has not settled within `ms`. */
-async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 async function createRun(served: Served, config: Record<string, unknown>): Promise<RunSnapshot> {

@@ -31,3 +31,35 @@ describe('a fresh server', () => {
     expect(seen.body).toMatchObject({ status: 'COMPLETED', seq: 2 });
   });
 });
+
+describe('changing a password', () => {
+  it('needs the current password, ends every session, and lets the new one in', async () => {
+    const server = await startServer();
+    try {
+      const world = await makeWorld(server.url);
+      const wrong = await world.viewer.post('/auth/password', {
+        current_password: 'nope',
+        new_password: 'a-new-password',
+      });
+      expect(wrong.status).toBe(401);
+      const changed = await world.viewer.post('/auth/password', {
+        current_password: 'viewer-password',
+        new_password: 'a-new-password',
+      });
+      expect(changed.status).toBe(204);
+      expect((await world.viewer.get('/auth/me')).status).toBe(401);
+      expect(
+        (await world.anonymous.post('/auth/login', { username: 'viewer', password: 'viewer-password' }))
+          .status,
+      ).toBe(401);
+      await world.anonymous.login('viewer', 'a-new-password');
+      expect(
+        (await world.worker.post('/auth/password', { current_password: 'x', new_password: 'yyyyyyyy' }))
+          .status,
+      ).toBe(403);
+      expect(server.errorLogs).toEqual([]);
+    } finally {
+      await server.close();
+    }
+  });
+});

@@ -359,3 +359,10 @@ export const GitMirrorConfig = Type.Object(
   { additionalProperties: false },
 );
 export type GitMirrorConfig = Static<typeof GitMirrorConfig>;
+
+/** Body of `POST /auth/password`. */
+export const ChangePassword = Type.Object(
+  { current_password: Type.String({ minLength: 1, maxLength: 256 }), new_password: Password },
+  { additionalProperties: false },
+);
+export type ChangePassword = Static<typeof ChangePassword>;

@@ -38,7 +38,7 @@ export async function ensureAdmin(
   });
   if (password === undefined) {
     announce(
-      `Runcast: created user "admin" with password ${chosen} (shown once; change it or set RUNCAST_ADMIN_PASSWORD)`,
+      `Runcast: created user "admin" with password ${chosen} (shown once; change it with POST /api/v1/auth/password)`,
     );
   } else {
     announce('Runcast: created user "admin" with the password from RUNCAST_ADMIN_PASSWORD');

@@ -1,6 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import {
   type ApiToken,
+  ChangePassword,
   CreateApiToken,
   CreateUser,
   LoginRequest,
@@ -110,6 +111,18 @@ export const authRoutes: FastifyPluginAsyncTypebox<AuthRoutesOptions> = async (a
     if (principal.kind === 'user') return { kind: 'user', user: toUser(principal.user), token: null };
     const { token_id, project_id, name } = principal.token;
     return { kind: 'token', user: null, token: { token_id, project_id, name } };
+  });
+
+  app.post('/auth/password', { schema: { body: ChangePassword, tags: ['auth'] } }, async (request, reply) => {
+    const principal = requirePrincipal(request);
+    if (principal.kind !== 'user') throw new AppError('FORBIDDEN', 'an API token has no password');
+    if (!(await verifyPassword(request.body.current_password, principal.user.password_hash))) {
+      throw new AppError('UNAUTHORIZED', 'the current password is wrong');
+    }
+    // Every session of the user ends, this one included: log in again with the new password.
+    await store.setPassword(principal.user.user_id, await hashPassword(request.body.new_password));
+    reply.clearCookie(SESSION_COOKIE, { path: '/' });
+    return reply.code(204).send();
   });
 
   app.post('/users', { schema: { body: CreateUser, tags: ['users'] } }, async (request, reply) => {

@@ -158,6 +158,8 @@ export class SqliteStore implements Store {
       userByName: db.prepare('SELECT * FROM users WHERE username = ?'),
       users: db.prepare('SELECT * FROM users ORDER BY username'),
       countUsers: db.prepare('SELECT count(*) AS n FROM users').pluck(),
+      setPassword: db.prepare('UPDATE users SET password_hash = ? WHERE user_id = ?'),
+      deleteUserSessions: db.prepare('DELETE FROM sessions WHERE user_id = ?'),
       insertSession: db.prepare(
         'INSERT INTO sessions (session_id, user_id, created_at, expires_at) VALUES (@session_id, @user_id, @created_at, @expires_at)',
       ),
@@ -270,6 +272,13 @@ export class SqliteStore implements Store {
 
   async countUsers(): Promise<number> {
     return this.sql.countUsers.get() as number;
+  }
+
+  async setPassword(userId: string, passwordHash: string): Promise<void> {
+    this.db.transaction(() => {
+      this.sql.setPassword.run(passwordHash, userId);
+      this.sql.deleteUserSessions.run(userId);
+    })();
   }
 
   async createSession(session: SessionRecord): Promise<void> {

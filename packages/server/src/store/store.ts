@@ -115,6 +115,8 @@ export interface Store {
   getUserByUsername(username: string): Promise<UserRecord | undefined>;
   listUsers(): Promise<UserRecord[]>;
   countUsers(): Promise<number>;
+  /** Replaces a user's password hash and ends all of the user's sessions. */
+  setPassword(userId: string, passwordHash: string): Promise<void>;
 
   createSession(session: SessionRecord): Promise<void>;
   getSession(sessionId: string): Promise<SessionRecord | undefined>;

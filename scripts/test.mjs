@@ -78,6 +78,10 @@ if (existsSync(report)) {
   results.push({ name: 'vitest', passed: 0, failed: 1 });
 }
 
+// Correctness of live delivery under load (no log line lost, every subscriber on the terminal
+// update), against the built server; it never asserts timings.
+check('bench --quick', run('bench --quick', 'npm', ['run', 'bench', '--', '--quick']));
+
 console.log('\n== summary');
 for (const r of results) console.log(`${r.name}: ${r.passed} passed, ${r.failed} failed`);
 const passed = results.reduce((n, r) => n + r.passed, 0);

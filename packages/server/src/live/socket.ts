@@ -3,7 +3,7 @@ import { isTerminal, SOCKET_EVENTS, type SubscribeAck, SubscribeRequest } from '
 import { Server, type Socket } from 'socket.io';
 import { Encoder, PacketType } from 'socket.io-parser';
 import { Compile } from 'typebox/compile';
-import { WebSocket } from 'ws';
+import * as ws from 'ws';
 import type { Authenticator } from '../auth/authenticator.js';
 import type { Policy } from '../auth/policy.js';
 import type { Principal } from '../auth/principal.js';
@@ -58,7 +58,8 @@ interface FrameBuilder {
 }
 
 const encoder = new Encoder();
-const senderOf = (WebSocket as unknown as { Sender: FrameBuilder }).Sender;
+// ws's module exports Sender (its frame builder); its type declarations do not list it.
+const senderOf = (ws as unknown as { Sender: FrameBuilder }).Sender;
 
 function preEncode(event: EncodedEvent): PreEncoded {
   let cached = event.cache.get('socket.io') as PreEncoded | undefined;

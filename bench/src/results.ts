@@ -1,0 +1,35 @@
+/** The systems the bench measures. */
+export type SystemName = 'runcast' | 'bare-socketio' | 'bare-ws' | 'bare-sse' | 'bare-fastify';
+
+export const SYSTEM_LABEL: Record<SystemName, string> = {
+  runcast: 'Runcast',
+  'bare-socketio': 'bare Socket.IO',
+  'bare-ws': 'bare ws',
+  'bare-sse': 'bare SSE',
+  'bare-fastify': 'bare Fastify 304',
+};
+
+/** One figure of a scenario: Runcast's value and each baseline's, with the target it answers to. */
+export interface Row {
+  figure: string;
+  runcast: number | undefined;
+  baselines: { system: SystemName; value: number | undefined }[];
+  /** Digits after the point when printed. */
+  digits: number;
+  target?: { text: string; holds: boolean | undefined };
+}
+
+/** Everything one scenario measured, as written to `results/<date>-<id>.json`. */
+export interface ScenarioResult {
+  id: string;
+  title: string;
+  /** How the scenario differs from DESIGN §7 on this machine (empty when it does not). */
+  scale: string;
+  params: Record<string, unknown>;
+  /** The raw measurements of each system. */
+  systems: Record<string, unknown>;
+  rows: Row[];
+  /** Correctness failures: lost logs, subscribers not on the terminal update, crashes, errors. */
+  problems: string[];
+  durationS: number;
+}

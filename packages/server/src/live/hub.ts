@@ -35,6 +35,8 @@ export class Hub implements SubscriberHooks {
   private readonly waiters = new Map<string, Set<Waiter>>();
   private dirty = new Set<Subscriber>();
   private flushScheduled = false;
+  private readonly written = new Map<TransportName, { events: number; oldestMs: number }>();
+  private tallyScheduled = false;
   private readonly unsubscribeBus: () => void;
 
   constructor(
@@ -180,11 +182,29 @@ export class Hub implements SubscriberHooks {
   }
 
   onWritten(subscriber: Subscriber, events: readonly EncodedEvent[]): void {
-    const transport: TransportName = subscriber.transport;
-    this.metrics.eventsDelivered.inc({ transport }, events.length);
-    const oldest = events[0];
-    if (oldest)
-      this.metrics.deliveryLag.observe({ transport }, Math.max(0, Date.now() - oldest.committedAtMs) / 1000);
+    // Counted per tick and transport, not per subscriber: with thousands of subscribers the
+    // instruments would otherwise cost more than the writes they count.
+    const tally = this.written.get(subscriber.transport) ?? { events: 0, oldestMs: Number.POSITIVE_INFINITY };
+    tally.events += events.length;
+    tally.oldestMs = Math.min(tally.oldestMs, events[0]?.committedAtMs ?? tally.oldestMs);
+    this.written.set(subscriber.transport, tally);
+    if (!this.tallyScheduled) {
+      this.tallyScheduled = true;
+      setImmediate(() => this.recordWritten());
+    }
+  }
+
+  /** Moves the tick's tallies into the metrics: events delivered, and the lag of the oldest. */
+  private recordWritten(): void {
+    this.tallyScheduled = false;
+    const nowMs = Date.now();
+    for (const [transport, tally] of this.written) {
+      this.metrics.eventsDelivered.inc({ transport }, tally.events);
+      if (Number.isFinite(tally.oldestMs)) {
+        this.metrics.deliveryLag.observe({ transport }, Math.max(0, nowMs - tally.oldestMs) / 1000);
+      }
+    }
+    this.written.clear();
   }
 
   onConflated(subscriber: Subscriber): void {

@@ -171,6 +171,11 @@ export const runRoutes: FastifyPluginAsyncTypebox<RunRoutesOptions> = async (app
         request.headers[TRANSPORT_HEADERS.fallbackReason],
       );
       const { since, wait = 0 } = request.query;
+      // The common poll — nothing new since the client's ETag — is answered from the run the
+      // access check already read, without a replay transaction.
+      if (wait === 0 && etagSeq(request.headers['if-none-match']) === run.seq) {
+        return reply.header('etag', etagOf(run.seq)).header('cache-control', 'no-cache').code(304).send();
+      }
       const cursor = since ?? etagSeq(request.headers['if-none-match']);
       if (wait > 0 && cursor !== undefined && run.seq <= cursor && !isTerminal(run.status)) {
         const pending = hub.wait(run_id, cursor, wait * 1000);

@@ -779,6 +779,79 @@ describe('access control on a real server', () => {
     });
   });
 
+  describe('changes to access take effect on the next request', () => {
+    it('a member removed from the project no longer sees its runs', async () => {
+      const userId = await freshUser(world);
+      const member = await world.anonymous.login(await usernameOf(userId), 'password-123');
+      const added = await world.operator.post(`/projects/${world.projectId}/members`, {
+        user_id: userId,
+        role: 'viewer',
+      });
+      expect(added.status).toBe(201);
+      expect((await member.get(`/runs/${world.runId}/progress`)).status).toBe(200);
+
+      expect((await world.operator.delete(`/projects/${world.projectId}/members/${userId}`)).status).toBe(
+        204,
+      );
+
+      expectErrorBody(await member.get(`/runs/${world.runId}/progress`), 404, 'RUN_NOT_FOUND');
+      expectErrorBody(await member.get(`/projects/${world.projectId}`), 404, 'PROJECT_NOT_FOUND');
+      expectErrorBody(await member.get(`/runs?project_id=${world.projectId}`), 404, 'PROJECT_NOT_FOUND');
+    });
+
+    it('a member made a viewer can no longer write, and made an operator again can', async () => {
+      const userId = await freshUser(world);
+      const member = await world.anonymous.login(await usernameOf(userId), 'password-123');
+      const setRole = async (role: string) =>
+        expect(
+          (await world.operator.post(`/projects/${world.projectId}/members`, { user_id: userId, role }))
+            .status,
+        ).toBe(201);
+      await setRole('operator');
+      const run = await member.post('/runs', { project_id: world.projectId, kind: 'external' });
+      expect(run.status).toBe(201);
+      const runId = run.body.run_id;
+      expect((await member.patch(`/runs/${runId}/progress`, { status: 'RUNNING' })).status).toBe(200);
+
+      await setRole('viewer');
+      expectErrorBody(await member.patch(`/runs/${runId}/progress`, { stage: 'PLAN' }), 403, 'FORBIDDEN');
+      expect((await member.get(`/runs/${runId}/progress`)).body).toMatchObject({ seq: 1, stage: null });
+
+      await setRole('operator');
+      expect((await member.patch(`/runs/${runId}/progress`, { stage: 'PLAN' })).body).toMatchObject({
+        seq: 2,
+        stage: 'PLAN',
+      });
+    });
+
+    it('a changed password ends the sessions that were in use', async () => {
+      const userId = await freshUser(world);
+      const username = await usernameOf(userId);
+      const first = await world.anonymous.login(username, 'password-123');
+      const second = await world.anonymous.login(username, 'password-123');
+      expect((await first.get('/auth/me')).status).toBe(200);
+      expect((await second.get('/auth/me')).status).toBe(200);
+
+      const changed = await first.post('/auth/password', {
+        current_password: 'password-123',
+        new_password: 'password-456',
+      });
+      expect(changed.status).toBe(204);
+
+      expectErrorBody(await first.get('/auth/me'), 401, 'UNAUTHORIZED');
+      expectErrorBody(await second.get(`/runs/${world.runId}`), 401, 'UNAUTHORIZED');
+      expect((await (await world.anonymous.login(username, 'password-456')).get('/auth/me')).status).toBe(
+        200,
+      );
+    });
+
+    async function usernameOf(userId: string): Promise<string> {
+      const users = await world.admin.get('/users');
+      const user = users.body.users.find((u: { user_id: string }) => u.user_id === userId);
+      return user.username;
+    }
+  });
+
   describe('logout', () => {
     it('ends the session: the same bearer token is then refused with 401', async () => {
       const session = await world.anonymous.login('viewer', 'viewer-password');

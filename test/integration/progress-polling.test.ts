@@ -123,6 +123,106 @@ describe('progress polling', () => {
     });
   });
 
+  describe('a poll answered from memory', () => {
+    /** Polls answered 304 before routing, as the server counts them. */
+    async function fromMemory(): Promise<number> {
+      const res = await fetch(`${server.url}/metrics`, {
+        headers: { authorization: `Bearer ${world.admin.token}` },
+      });
+      const match = /^runcast_polls_not_modified_from_memory_total (\d+)$/m.exec(await res.text());
+      if (!match) throw new Error('the metric is missing');
+      return Number(match[1]);
+    }
+
+    const poll = (api: Api, runId: string, seq: number) =>
+      api.get(`/runs/${runId}/progress`, { 'if-none-match': `"${seq}"` });
+
+    it('answers a repeated poll with the 304 the route gives, headers included', async () => {
+      const runId = await newRun(world.operator, world.projectId);
+      await patch(world.worker, runId, { status: 'RUNNING' });
+      // `?wait=0` always goes through the route.
+      const routed = await world.viewer.get(`/runs/${runId}/progress?wait=0`, { 'if-none-match': '"1"' });
+      expect(routed.status).toBe(304);
+      await poll(world.viewer, runId, 1);
+      const before = await fromMemory();
+      for (let i = 0; i < 3; i++) {
+        const answer = await poll(world.viewer, runId, 1);
+        expect(answer.status).toBe(304);
+        expect(answer.body).toBe('');
+        for (const header of ['etag', 'cache-control']) {
+          expect(answer.headers.get(header), header).toBe(routed.headers.get(header));
+        }
+      }
+      expect(await fromMemory()).toBe(before + 3);
+    });
+
+    it('answers a worker token and a session cookie from memory too', async () => {
+      const runId = await newRun(world.operator, world.projectId);
+      const login = await world.anonymous.post('/auth/login', {
+        username: 'viewer',
+        password: 'viewer-password',
+      });
+      const cookie = (login.headers.get('set-cookie') ?? '').split(';')[0] ?? '';
+      expect(cookie).toMatch(/^runcast_session=/);
+      const byCookie = () =>
+        world.anonymous.get(`/runs/${runId}/progress`, { 'if-none-match': '"0"', cookie });
+      await poll(world.worker, runId, 0);
+      await byCookie();
+      const before = await fromMemory();
+      expect((await poll(world.worker, runId, 0)).status).toBe(304);
+      expect((await byCookie()).status).toBe(304);
+      expect(await fromMemory()).toBe(before + 2);
+    });
+
+    it('gives the new snapshot as soon as the run changes', async () => {
+      const runId = await newRun(world.operator, world.projectId);
+      await poll(world.viewer, runId, 0);
+      expect((await poll(world.viewer, runId, 0)).status).toBe(304);
+      await patch(world.worker, runId, { status: 'RUNNING', progress: { percentage: 5 } });
+      const changed = await poll(world.viewer, runId, 0);
+      expect(changed.status).toBe(200);
+      expect(changed.body).toMatchObject({ seq: 1, status: 'RUNNING', progress: { percentage: 5 } });
+      expect(changed.headers.get('etag')).toBe('"1"');
+    });
+
+    it('stops answering once the caller may no longer see the run', async () => {
+      const runId = await newRun(world.operator, world.projectId);
+      const created = await world.admin.post('/users', {
+        username: `poller-${process.pid}`,
+        password: 'poller-password',
+        role: 'operator',
+      });
+      expect(created.status).toBe(201);
+      const userId = created.body.user_id;
+      const member = (role: string) =>
+        world.operator.post(`/projects/${world.projectId}/members`, { user_id: userId, role });
+      expect((await member('viewer')).status).toBe(201);
+      const poller = await world.anonymous.login(`poller-${process.pid}`, 'poller-password');
+      const token = await world.operator.post('/tokens', { project_id: world.projectId, name: 'poller' });
+      const worker = world.anonymous.as(token.body.token);
+      const warm = async (api: Api) => {
+        await poll(api, runId, 0);
+        const before = await fromMemory();
+        expect((await poll(api, runId, 0)).status).toBe(304);
+        expect(await fromMemory()).toBe(before + 1);
+      };
+
+      await warm(poller);
+      expect((await world.operator.delete(`/projects/${world.projectId}/members/${userId}`)).status).toBe(
+        204,
+      );
+      expect((await poll(poller, runId, 0)).status).toBe(404);
+      expect((await member('viewer')).status).toBe(201);
+      await warm(poller);
+      expect((await poller.post('/auth/logout')).status).toBe(204);
+      expect((await poll(poller, runId, 0)).status).toBe(401);
+
+      await warm(worker);
+      expect((await world.operator.delete(`/tokens/${token.body.token_id}`)).status).toBe(204);
+      expect((await poll(worker, runId, 0)).status).toBe(401);
+    });
+  });
+
   describe('?since=', () => {
     it('returns the log events after since, oldest first, and no update events', async () => {
       const runId = await newRun(world.operator, world.projectId);

@@ -10,7 +10,9 @@ export const LOG_LEVELS = ['debug', 'info', 'warn', 'error'] as const;
 /** Pipeline stages of a git-mirror run; external runs report stages of their own. */
 export const GIT_MIRROR_STAGES = ['DISCOVERY', 'EXPORT', 'TRANSFORM', 'PLAN', 'APPLY', 'VERIFY'] as const;
 
-const id = (prefix: string) => Type.String({ pattern: `^${prefix}_[0-9A-HJKMNP-TV-Z]{26}$` });
+/** The pattern of an id: its prefix and a ULID, e.g. `run_01J…`. */
+export const idPattern = (prefix: string): string => `^${prefix}_[0-9A-HJKMNP-TV-Z]{26}$`;
+const id = (prefix: string) => Type.String({ pattern: idPattern(prefix) });
 
 export const RunId = id('run');
 export const ProjectId = id('prj');

@@ -17,6 +17,7 @@ export class Metrics {
   readonly deliveryLag: Histogram<'transport'>;
   readonly clientTransport: Counter<'transport'>;
   readonly clientFallbacks: Counter<'from' | 'to' | 'reason'>;
+  readonly pollsAnsweredFromMemory: Counter;
 
   constructor() {
     const registers = [this.registry];
@@ -73,6 +74,11 @@ export class Metrics {
       name: 'runcast_client_fallbacks_total',
       help: 'Fallbacks clients report (X-Runcast-Fallback-From / -Reason)',
       labelNames: ['from', 'to', 'reason'],
+      registers,
+    });
+    this.pollsAnsweredFromMemory = new Counter({
+      name: 'runcast_polls_not_modified_from_memory_total',
+      help: 'Polls answered 304 from memory before routing (credentials, access and seq all cached)',
       registers,
     });
     for (const transport of TRANSPORTS) {

@@ -1,4 +1,6 @@
+import type { MemberRole } from '@runcast/protocol';
 import { AppError } from '../errors.js';
+import { type CachedRecords, NOT_CACHED } from '../store/cached.js';
 import type { RunRecord, Store } from '../store/store.js';
 import type { Principal } from './principal.js';
 
@@ -8,21 +10,57 @@ export type ProjectAccess = 'admin' | 'operator' | 'viewer';
 const WRITERS: readonly ProjectAccess[] = ['admin', 'operator'];
 
 /**
+ * What deciding a principal's access to a project takes from the store: nothing for an API
+ * token, whether the project exists for an admin, the membership role for anyone else.
+ */
+type AccessFact = boolean | MemberRole | undefined;
+
+function accessFrom(principal: Principal, projectId: string, fact: AccessFact): ProjectAccess | undefined {
+  if (principal.kind === 'token') return principal.token.project_id === projectId ? 'operator' : undefined;
+  if (principal.user.role === 'admin') return fact === true ? 'admin' : undefined;
+  if (fact === undefined || typeof fact === 'boolean') return undefined;
+  // A global viewer stays a viewer whatever the membership says.
+  return principal.user.role === 'viewer' ? 'viewer' : fact;
+}
+
+/**
  * Who may do what to which project and run. A run is visible only through its project, and an
  * invisible run is reported exactly like a missing one.
  */
 export class Policy {
-  constructor(private readonly store: Store) {}
+  constructor(
+    private readonly store: Store,
+    private readonly cache?: CachedRecords,
+  ) {}
 
   /** The principal's access to a project, or undefined when it may not see it. */
   async projectAccess(principal: Principal, projectId: string): Promise<ProjectAccess | undefined> {
-    if (principal.kind === 'token') return principal.token.project_id === projectId ? 'operator' : undefined;
+    return accessFrom(principal, projectId, await this.fact(principal, projectId));
+  }
+
+  /**
+   * A run the principal may read, decided from what is in memory alone; undefined when something
+   * is not cached or the answer is no (the async path then decides, and explains).
+   */
+  cachedReadableRun(principal: Principal, runId: string): RunRecord | undefined {
+    const run = this.cache?.cachedRun(runId);
+    if (!run) return undefined;
+    const fact = this.cachedFact(principal, run.project_id);
+    return fact !== NOT_CACHED && accessFrom(principal, run.project_id, fact) ? run : undefined;
+  }
+
+  private async fact(principal: Principal, projectId: string): Promise<AccessFact> {
+    if (principal.kind === 'token') return undefined;
+    if (principal.user.role === 'admin') return (await this.store.getProject(projectId)) !== undefined;
+    return this.store.getMemberRole(projectId, principal.user.user_id);
+  }
+
+  private cachedFact(principal: Principal, projectId: string): AccessFact | typeof NOT_CACHED {
+    if (principal.kind === 'token') return undefined;
+    if (!this.cache) return NOT_CACHED;
     if (principal.user.role === 'admin')
-      return (await this.store.getProject(projectId)) ? 'admin' : undefined;
-    const role = await this.store.getMemberRole(projectId, principal.user.user_id);
-    if (role === undefined) return undefined;
-    // A global viewer stays a viewer whatever the membership says.
-    return principal.user.role === 'viewer' ? 'viewer' : role;
+      return this.cache.cachedProject(projectId) !== undefined ? true : NOT_CACHED;
+    return this.cache.cachedMemberRole(projectId, principal.user.user_id);
   }
 
   /** Access to a visible project; PROJECT_NOT_FOUND otherwise. */

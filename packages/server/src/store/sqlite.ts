@@ -8,6 +8,7 @@ import type {
   ApiTokenRecord,
   CommitOptions,
   CommitResult,
+  IdempotencyClaim,
   MemberRecord,
   ProjectRecord,
   RunChange,
@@ -29,11 +30,29 @@ export interface SqliteStoreOptions {
   idempotencyTtlMs?: number;
   /** The clock that dates idempotency keys; injectable in tests. */
   now?: () => Date;
+  /**
+   * Most `commitRun` calls one transaction takes (default 256): one batch must not hold the
+   * writer lock, and the event loop, for long; the rest wait for the next turn.
+   */
+  maxCommitBatch?: number;
 }
 
 const DAY_MS = 24 * 60 * 60 * 1000;
+const DEFAULT_MAX_COMMIT_BATCH = 256;
 /** Expired idempotency keys are deleted at most this often, on the insert of a new key. */
 const IDEMPOTENCY_PRUNE_INTERVAL_MS = 60_000;
+
+/** A `commitRun` call waiting for the next group commit. */
+interface PendingCommit {
+  runId: string;
+  change: (current: RunRecord) => RunChange;
+  claim: IdempotencyClaim | undefined;
+  resolve: (result: CommitResult) => void;
+  reject: (reason: unknown) => void;
+  /** What the call's savepoint did; undefined when it threw `error` and rolled back. */
+  result: CommitResult | undefined;
+  error: unknown;
+}
 
 interface IdempotencyRow {
   fingerprint: string;
@@ -135,8 +154,17 @@ export class SqliteStore implements Store {
   private readonly retention: number;
   private readonly idempotencyTtlMs: number;
   private readonly now: () => Date;
+  private readonly maxCommitBatch: number;
   private lastIdempotencyPruneMs = Number.NEGATIVE_INFINITY;
   private readonly sql;
+  /** `commitRun` calls not yet committed, in call order. */
+  private queue: PendingCommit[] = [];
+  private flushTimer: NodeJS.Immediate | undefined;
+  private closed = false;
+  /** One call's commit; inside `commitBatch` better-sqlite3 runs it in a SAVEPOINT. */
+  private readonly commitOne: (pending: PendingCommit) => CommitResult;
+  /** Commits a batch of calls in one immediate transaction, noting each call's outcome on it. */
+  private readonly commitBatch: (batch: readonly PendingCommit[]) => void;
 
   constructor(options: SqliteStoreOptions) {
     if (options.file !== ':memory:') mkdirSync(dirname(options.file), { recursive: true });
@@ -148,6 +176,7 @@ export class SqliteStore implements Store {
     this.retention = options.eventRetention;
     this.idempotencyTtlMs = options.idempotencyTtlMs ?? DAY_MS;
     this.now = options.now ?? (() => new Date());
+    this.maxCommitBatch = options.maxCommitBatch ?? DEFAULT_MAX_COMMIT_BATCH;
     this.migrate();
     const db = this.db;
     this.sql = {
@@ -218,6 +247,19 @@ export class SqliteStore implements Store {
       pruneIdempotencyKeys: db.prepare('DELETE FROM idempotency_keys WHERE created_at < ?'),
       ping: db.prepare('SELECT 1').pluck(),
     };
+    this.commitOne = db.transaction((pending: PendingCommit) => this.applyCommit(pending));
+    this.commitBatch = db.transaction((batch: readonly PendingCommit[]) => {
+      for (const pending of batch) {
+        try {
+          pending.result = this.commitOne(pending);
+        } catch (err) {
+          // SQLITE_FULL, SQLITE_IOERR and the like roll back the whole transaction, not just the
+          // savepoint: then nothing in the batch is committed, and the batch fails as one.
+          if (!db.inTransaction) throw err;
+          pending.error = err;
+        }
+      }
+    }).immediate;
   }
 
   private migrate(): void {
@@ -240,7 +282,12 @@ export class SqliteStore implements Store {
     return this.db.pragma('user_version', { simple: true }) as number;
   }
 
+  /** Commits the `commitRun` calls still queued, then closes the database. */
   async close(): Promise<void> {
+    this.closed = true;
+    if (this.flushTimer) clearImmediate(this.flushTimer);
+    this.flushTimer = undefined;
+    while (this.queue.length > 0) this.commitQueued();
     if (this.db.open) this.db.close();
   }
 
@@ -381,49 +428,90 @@ export class SqliteStore implements Store {
     return rows.map(rowToRun);
   }
 
-  async commitRun(
+  /**
+   * Group commit: the calls made in one turn of the event loop share one transaction (and one
+   * COMMIT), each in its own savepoint so that a call that throws aborts only itself.
+   */
+  commitRun(
     runId: string,
     change: (current: RunRecord) => RunChange,
     options: CommitOptions = {},
   ): Promise<CommitResult> {
-    const claim = options.idempotency;
-    return this.db
-      .transaction((): CommitResult => {
-        const row = this.sql.run.get(runId) as RunRow | undefined;
-        if (!row) throw new AppError('RUN_NOT_FOUND', `run ${runId} not found`);
-        if (claim) {
-          const seen = this.sql.idempotencyKey.get(runId, claim.key) as IdempotencyRow | undefined;
-          if (seen) {
-            if (seen.fingerprint !== claim.fingerprint) {
-              throw new AppError(
-                'INVALID_INPUT',
-                'this Idempotency-Key was already used for a different request to this run',
-              );
-            }
-            return { replayed: true, response: seen.response };
-          }
+    if (this.closed) return Promise.reject(new AppError('NOT_READY', 'the store is closed'));
+    return new Promise<CommitResult>((resolve, reject) => {
+      this.queue.push({
+        runId,
+        change,
+        claim: options.idempotency,
+        resolve,
+        reject,
+        result: undefined,
+        error: undefined,
+      });
+      // setImmediate rather than a microtask: the requests whose data arrived in the same poll of
+      // the event loop all reach commitRun before the check phase, so they share the batch.
+      this.flushTimer ??= setImmediate(this.flushQueued);
+    });
+  }
+
+  private readonly flushQueued = (): void => {
+    this.flushTimer = undefined;
+    this.commitQueued();
+    if (this.queue.length > 0) this.flushTimer ??= setImmediate(this.flushQueued);
+  };
+
+  /** Commits the oldest queued calls (at most one batch), then settles them in call order. */
+  private commitQueued(): void {
+    const batch = this.queue.splice(0, this.maxCommitBatch);
+    try {
+      this.commitBatch(batch);
+    } catch (err) {
+      for (const pending of batch) pending.reject(err);
+      return;
+    }
+    // In call order: RunService publishes each change when its commit resolves, and subscribers
+    // must see a run's seq ascend.
+    for (const pending of batch) {
+      if (pending.result) pending.resolve(pending.result);
+      else pending.reject(pending.error);
+    }
+  }
+
+  /** One call's commit, inside the batch's transaction. */
+  private applyCommit({ runId, change, claim }: PendingCommit): CommitResult {
+    const row = this.sql.run.get(runId) as RunRow | undefined;
+    if (!row) throw new AppError('RUN_NOT_FOUND', `run ${runId} not found`);
+    if (claim) {
+      const seen = this.sql.idempotencyKey.get(runId, claim.key) as IdempotencyRow | undefined;
+      if (seen) {
+        if (seen.fingerprint !== claim.fingerprint) {
+          throw new AppError(
+            'INVALID_INPUT',
+            'this Idempotency-Key was already used for a different request to this run',
+          );
         }
-        const result = change(rowToRun(row));
-        const run = { ...result.run, log_count: row.log_count + result.logs.length };
-        for (const event of result.logs) {
-          this.sql.insertEvent.run(runId, event.seq, 'log', event.at, JSON.stringify(event.log));
-        }
-        const excess = run.log_count - this.retention;
-        if (excess > 0) {
-          const seqs = this.sql.oldestEventSeqs.all(runId, excess) as number[];
-          const through = seqs[seqs.length - 1];
-          if (through !== undefined) {
-            this.sql.deleteEventsThrough.run(runId, through);
-            run.log_count -= seqs.length;
-            run.pruned_through_seq = Math.max(run.pruned_through_seq, through);
-          }
-        }
-        this.sql.updateRun.run(runToRow(run));
-        const committed: RunChange = { run, logs: result.logs };
-        if (claim) this.storeIdempotencyKey(runId, claim.key, claim.fingerprint, claim.response(committed));
-        return { replayed: false, change: committed };
-      })
-      .immediate();
+        return { replayed: true, response: seen.response };
+      }
+    }
+    const result = change(rowToRun(row));
+    const run = { ...result.run, log_count: row.log_count + result.logs.length };
+    for (const event of result.logs) {
+      this.sql.insertEvent.run(runId, event.seq, 'log', event.at, JSON.stringify(event.log));
+    }
+    const excess = run.log_count - this.retention;
+    if (excess > 0) {
+      const seqs = this.sql.oldestEventSeqs.all(runId, excess) as number[];
+      const through = seqs[seqs.length - 1];
+      if (through !== undefined) {
+        this.sql.deleteEventsThrough.run(runId, through);
+        run.log_count -= seqs.length;
+        run.pruned_through_seq = Math.max(run.pruned_through_seq, through);
+      }
+    }
+    this.sql.updateRun.run(runToRow(run));
+    const committed: RunChange = { run, logs: result.logs };
+    if (claim) this.storeIdempotencyKey(runId, claim.key, claim.fingerprint, claim.response(committed));
+    return { replayed: false, change: committed };
   }
 
   /** Inside a commit's transaction; now and then also deletes the keys past their TTL. */

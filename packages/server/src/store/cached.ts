@@ -238,7 +238,8 @@ export class CachedStore implements Store, CachedRecords {
   ): Promise<CommitResult> {
     let result: CommitResult;
     try {
-      result = await this.inner.commitRun(runId, change, options);
+      const current = options?.current ?? this.runs.get(runId);
+      result = await this.inner.commitRun(runId, change, { ...options, current });
     } catch (err) {
       this.runs.delete(runId);
       throw err;

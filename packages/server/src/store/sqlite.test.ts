@@ -152,6 +152,48 @@ async function rejection(promise: Promise<unknown>): Promise<AppError> {
   return outcome;
 }
 
+describe("SqliteStore commits given the caller's copy of the run", () => {
+  let store: SqliteStore;
+  beforeEach(async () => {
+    store = new SqliteStore({ file: ':memory:', eventRetention: 1000 });
+    await seed(store, 'run_a');
+  });
+  afterEach(() => store.close());
+
+  const advance =
+    (seen: RunRecord[]) =>
+    (current: RunRecord): RunChange => {
+      seen.push(current);
+      return { run: { ...current, seq: current.seq + 1, stage: `S${current.seq + 1}` }, logs: [] };
+    };
+
+  it('uses a copy at the stored seq, and reads the row when the copy is behind', async () => {
+    const first = committed(await store.commitRun('run_a', advance([])));
+    const seen: RunRecord[] = [];
+    await store.commitRun('run_a', advance(seen), { current: first.run });
+    expect(seen[0]).toBe(first.run);
+
+    const stale = { ...first.run, stage: 'STALE' };
+    await store.commitRun('run_a', advance(seen), { current: stale });
+    expect(seen[1]).not.toBe(stale);
+    expect(seen[1]).toMatchObject({ seq: 2, stage: 'S2' });
+    expect(await store.getRun('run_a')).toMatchObject({ seq: 3, stage: 'S3' });
+  });
+
+  it('refuses a change that alters what the run was created with, or does not advance its seq', async () => {
+    await expect(
+      store.commitRun('run_a', (current) => ({
+        run: { ...current, seq: 1, project_id: 'prj_other' },
+        logs: [],
+      })),
+    ).rejects.toThrow("a commit may not change a run's project_id");
+    await expect(
+      store.commitRun('run_a', (current) => ({ run: { ...current, stage: 'X' }, logs: [] })),
+    ).rejects.toThrow("a commit must advance the run's seq");
+    expect(await store.getRun('run_a')).toMatchObject({ seq: 0, stage: null, project_id: PROJECT });
+  });
+});
+
 describe('SqliteStore group commit', () => {
   let dir: string;
   let file: string;

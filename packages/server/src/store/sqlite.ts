@@ -47,6 +47,8 @@ interface PendingCommit {
   runId: string;
   change: (current: RunRecord) => RunChange;
   claim: IdempotencyClaim | undefined;
+  /** The caller's copy of the run (`CommitOptions.current`). */
+  known: RunRecord | undefined;
   resolve: (result: CommitResult) => void;
   reject: (reason: unknown) => void;
   /** What the call's savepoint did; undefined when it threw `error` and rolled back. */
@@ -138,6 +140,46 @@ const rowToEvent = (row: EventRow): LogEvent => ({
   log: JSON.parse(row.body) as LogEntry,
 });
 
+/** What a commit may change in a run: its state, never what it was created with. */
+const STATE_COLUMNS = [
+  'status',
+  'stage',
+  'current_stage',
+  'progress',
+  'stats',
+  'error',
+  'seq',
+  'started_at',
+  'finished_at',
+  'updated_at',
+  'log_count',
+  'pruned_through_seq',
+] as const;
+const FIXED_FIELDS = [
+  'run_id',
+  'project_id',
+  'kind',
+  'mode',
+  'config',
+  'created_by',
+  'created_at',
+  'retry_of',
+] as const;
+
+/** A commit's new run must keep what the run was created with and advance its seq. */
+function checkStateChange(current: RunRecord, next: RunRecord): void {
+  for (const field of FIXED_FIELDS) {
+    if (next[field] !== current[field]) throw new Error(`a commit may not change a run's ${field}`);
+  }
+  if (next.seq <= current.seq) throw new Error("a commit must advance the run's seq");
+}
+
+interface RunVersion {
+  seq: number;
+  log_count: number;
+  pruned_through_seq: number;
+}
+
 const RUN_COLUMNS =
   'run_id, project_id, kind, mode, status, stage, current_stage, progress, stats, error, config, seq, created_by, created_at, started_at, finished_at, updated_at, retry_of, log_count, pruned_through_seq';
 
@@ -226,11 +268,9 @@ export class SqliteStore implements Store {
           .join(', ')})`,
       ),
       run: db.prepare(`SELECT ${RUN_COLUMNS} FROM runs WHERE run_id = ?`),
-      updateRun: db.prepare(
-        `UPDATE runs SET ${RUN_COLUMNS.split(', ')
-          .filter((c) => c !== 'run_id')
-          .map((c) => `${c} = @${c}`)
-          .join(', ')} WHERE run_id = @run_id`,
+      runVersion: db.prepare('SELECT seq, log_count, pruned_through_seq FROM runs WHERE run_id = ?'),
+      updateRunState: db.prepare(
+        `UPDATE runs SET ${STATE_COLUMNS.map((c) => `${c} = ?`).join(', ')} WHERE run_id = ?`,
       ),
       insertEvent: db.prepare('INSERT INTO run_events (run_id, seq, type, at, body) VALUES (?, ?, ?, ?, ?)'),
       oldestEventSeqs: db.prepare('SELECT seq FROM run_events WHERE run_id = ? ORDER BY seq LIMIT ?').pluck(),
@@ -443,6 +483,7 @@ export class SqliteStore implements Store {
         runId,
         change,
         claim: options.idempotency,
+        known: options.current,
         resolve,
         reject,
         result: undefined,
@@ -478,9 +519,8 @@ export class SqliteStore implements Store {
   }
 
   /** One call's commit, inside the batch's transaction. */
-  private applyCommit({ runId, change, claim }: PendingCommit): CommitResult {
-    const row = this.sql.run.get(runId) as RunRow | undefined;
-    if (!row) throw new AppError('RUN_NOT_FOUND', `run ${runId} not found`);
+  private applyCommit({ runId, change, claim, known }: PendingCommit): CommitResult {
+    const current = this.currentRun(runId, known);
     if (claim) {
       const seen = this.sql.idempotencyKey.get(runId, claim.key) as IdempotencyRow | undefined;
       if (seen) {
@@ -493,8 +533,9 @@ export class SqliteStore implements Store {
         return { replayed: true, response: seen.response };
       }
     }
-    const result = change(rowToRun(row));
-    const run = { ...result.run, log_count: row.log_count + result.logs.length };
+    const result = change(current);
+    checkStateChange(current, result.run);
+    const run = { ...result.run, log_count: current.log_count + result.logs.length };
     for (const event of result.logs) {
       this.sql.insertEvent.run(runId, event.seq, 'log', event.at, JSON.stringify(event.log));
     }
@@ -508,10 +549,45 @@ export class SqliteStore implements Store {
         run.pruned_through_seq = Math.max(run.pruned_through_seq, through);
       }
     }
-    this.sql.updateRun.run(runToRow(run));
+    this.sql.updateRunState.run(
+      run.status,
+      run.stage,
+      run.current_stage,
+      json(run.progress),
+      json(run.stats),
+      json(run.error),
+      run.seq,
+      run.started_at,
+      run.finished_at,
+      run.updated_at,
+      run.log_count,
+      run.pruned_through_seq,
+      runId,
+    );
     const committed: RunChange = { run, logs: result.logs };
     if (claim) this.storeIdempotencyKey(runId, claim.key, claim.fingerprint, claim.response(committed));
     return { replayed: false, change: committed };
+  }
+
+  /**
+   * The stored run, inside a commit's transaction. The caller's `known` copy is used when the row
+   * still has its seq and log bookkeeping: then nothing has been committed to the run since.
+   */
+  private currentRun(runId: string, known: RunRecord | undefined): RunRecord {
+    if (known) {
+      const version = this.sql.runVersion.get(runId) as RunVersion | undefined;
+      if (!version) throw new AppError('RUN_NOT_FOUND', `run ${runId} not found`);
+      if (
+        version.seq === known.seq &&
+        version.log_count === known.log_count &&
+        version.pruned_through_seq === known.pruned_through_seq
+      ) {
+        return known;
+      }
+    }
+    const row = this.sql.run.get(runId) as RunRow | undefined;
+    if (!row) throw new AppError('RUN_NOT_FOUND', `run ${runId} not found`);
+    return rowToRun(row);
   }
 
   /** Inside a commit's transaction; now and then also deletes the keys past their TTL. */

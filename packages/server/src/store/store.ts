@@ -74,6 +74,12 @@ export interface IdempotencyClaim {
 /** How `commitRun` applies a change. */
 export interface CommitOptions {
   idempotency?: IdempotencyClaim | undefined;
+  /**
+   * The run as the caller last saw it committed, when it has it: the store may hand this to
+   * `change` instead of reading the whole row, once the transaction has checked that the stored
+   * run is still at its seq.
+   */
+  current?: RunRecord | undefined;
 }
 
 /**
@@ -144,7 +150,9 @@ export interface Store {
   listRuns(query: RunQuery): Promise<RunRecord[]>;
   /**
    * Reads the run, lets `change` compute its next state, and stores that state and the log
-   * events atomically; durable when the promise resolves. `change` may throw to abort.
+   * events atomically; durable when the promise resolves. `change` may throw to abort; it must
+   * advance the run's seq and change only its state (status, stage, progress, stats, error and
+   * their times), never what the run was created with.
    *
    * With an idempotency claim, the same transaction first looks the key up: a key already stored
    * for this run commits nothing and answers the stored response (or refuses with INVALID_INPUT

@@ -6,7 +6,7 @@ export const SYSTEM_LABEL: Record<SystemName, string> = {
   'bare-socketio': 'bare Socket.IO',
   'bare-ws': 'bare ws',
   'bare-sse': 'bare SSE',
-  'bare-fastify': 'bare Fastify 304',
+  'bare-fastify': 'bare Fastify',
 };
 
 /** One figure of a scenario: Runcast's value and each baseline's, with the target it answers to. */

@@ -250,7 +250,8 @@ function plan(maxConnections: number, results: ScenarioResult[]): Planned[] {
         runIngest(
           {
             id: 'ingest',
-            title: 'Producer ingest: acknowledged PATCH …/progress per second on SQLite',
+            title:
+              'Producer ingest: acknowledged PATCH …/progress per second on SQLite, beside the bare Fastify route',
             scale: '',
             concurrency: [1, 16, 64],
             warmupMs: 1000,
@@ -273,6 +274,7 @@ const METHOD_NOTES = [
   'The full mode’s Socket.IO subscribers speak the Engine.IO/Socket.IO protocol directly over `ws` (about 11 µs of load CPU per event, against 18 µs for `socket.io-client`); the quick mode uses `socket.io-client` itself.',
   'Memory per idle connection is (after − before) ÷ connections, each read after a full GC (`--expose-gc`; for Runcast through `bench/src/memory-probe.ts`, preloaded with `--import`). Counts grow on one server (1k, then 5k, then 10k); RSS at 1k is noisy because a larger process has more memory reserved already.',
   'Polling and ingest use raw keep-alive HTTP/1.1 connections, one request in flight each; 5,000 pollers means 5,000 connections.',
+  'The bare Fastify baseline of ingest parses the same PATCH body and answers a snapshot with a seq kept in memory: no credentials, no validation, no database. It is the HTTP floor on this machine, not a like-for-like system.',
   'Overload: 2× the events/s that Runcast’s core can write at the CPU per event of the fan-out scenario; the baselines get the same rate.',
   'Figures taken near saturation vary from run to run: while the bench was written, the WebSocket fan-out gave Runcast 16–21 µs of CPU per event and a p99 of 120–310 ms, and the WebSocket overload a p99 of 230–350 ms. Ratios against baselines measured in the same invocation vary less than absolute figures.',
   '`npm run bench -- --profile --only <scenario>` prints the Runcast server’s top CPU frames (it slows the server, so it writes no latest.md).',

@@ -12,7 +12,7 @@ import { nowMs, sleep } from '../time.js';
 /** What each request is: a conditional poll, or an acknowledged progress update. */
 export type RequestSpec =
   | { kind: 'poll'; runIds: string[]; token?: string; etag: string }
-  | { kind: 'progress'; runIds: string[]; token: string };
+  | { kind: 'progress'; runIds: string[]; token?: string };
 
 export interface OpenArgs {
   host: string;

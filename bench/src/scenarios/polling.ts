@@ -1,10 +1,9 @@
-import { BenchProcess, LOAD_CPU, SERVER_CPU } from '../bench-process.js';
+import { BenchProcess, LOAD_CPU } from '../bench-process.js';
 import type { LoadResult, OpenArgs } from '../load/http-load.js';
 import { script } from '../paths.js';
-import { baselineRunIds, progressUpdate } from '../payload.js';
 import { cpuBetween, cpuMark } from '../proc-stats.js';
-import type { Row, ScenarioResult, SystemName } from '../results.js';
-import { RuncastServer } from '../runcast-server.js';
+import type { Row, ScenarioResult } from '../results.js';
+import { type HttpSystemName, startHttpSystem } from './http-systems.js';
 
 export interface PollingParams {
   id: string;
@@ -26,54 +25,10 @@ interface PhaseResult extends LoadResult {
 }
 
 interface PollingMeasurement {
-  system: SystemName;
+  system: HttpSystemName;
   paced: PhaseResult;
   max: PhaseResult;
   problems: string[];
-}
-
-/** A polling server: Runcast with one run at seq 1, or the bare Fastify 304 route. */
-async function startServer(system: SystemName): Promise<{
-  pid: number;
-  port: number;
-  token: string | undefined;
-  runId: string;
-  problems(): string[];
-  stop(): Promise<void>;
-}> {
-  if (system === 'runcast') {
-    const server = await RuncastServer.start();
-    const [runId] = await server.createRuns(1);
-    await server.api('PATCH', `/runs/${runId}/progress`, progressUpdate(Date.now(), 1));
-    return {
-      pid: server.pid,
-      port: server.port,
-      token: server.token,
-      runId: runId!,
-      problems: () => [
-        ...server.errorLines.slice(0, 5).map((line) => `server logged an error: ${line}`),
-        ...(server.process.isRunning ? [] : [`the Runcast server exited\n${server.process.tail(20)}`]),
-      ],
-      stop: () => server.stop(),
-    };
-  }
-  const child = await BenchProcess.start({
-    name: system,
-    script: script('baselines/fastify-304.js'),
-    nodeArgs: ['--expose-gc'],
-    args: ['--port', '0'],
-    cpu: SERVER_CPU,
-  });
-  return {
-    pid: child.pid,
-    port: (child.readyInfo as { port: number }).port,
-    token: undefined,
-    runId: baselineRunIds(1)[0]!,
-    problems: () => (child.isRunning ? [] : [`${system} exited\n${child.tail(20)}`]),
-    stop: async () => {
-      await child.stop();
-    },
-  };
 }
 
 async function phase(load: BenchProcess, pid: number, cmd: string, args: unknown): Promise<PhaseResult> {
@@ -89,17 +44,17 @@ async function phase(load: BenchProcess, pid: number, cmd: string, args: unknown
 }
 
 async function measure(
-  system: SystemName,
+  system: HttpSystemName,
   params: PollingParams,
   log: (line: string) => void,
 ): Promise<PollingMeasurement> {
-  const server = await startServer(system);
+  const server = await startHttpSystem(system, 1);
   let load: BenchProcess | undefined;
   try {
     load = await BenchProcess.start({ name: 'pollers', script: script('load/http-load.js'), cpu: LOAD_CPU });
     const spec: OpenArgs['spec'] = {
       kind: 'poll',
-      runIds: [server.runId],
+      runIds: server.runIds,
       etag: '"1"',
       ...(server.token ? { token: server.token } : {}),
     };
@@ -159,7 +114,7 @@ export async function runPolling(
   log(`\n## ${params.title}`);
   const measured: PollingMeasurement[] = [];
   const problems: string[] = [];
-  for (const system of ['runcast', 'bare-fastify'] as SystemName[]) {
+  for (const system of ['runcast', 'bare-fastify'] as HttpSystemName[]) {
     try {
       measured.push(await measure(system, params, log));
     } catch (err) {

@@ -50,6 +50,19 @@ describe('a split deployment', () => {
     expect(answer.headers.get('access-control-allow-origin')).toBe(DASHBOARD);
     expect(answer.headers.get('access-control-expose-headers')).toContain('etag');
   });
+
+  it('lets the allowed origin read repeated conditional polls, each 304 with its CORS headers', async () => {
+    const poll = () =>
+      fetch(`${server.url}/api/v1/runs/${world.runId}/progress`, {
+        headers: { origin: DASHBOARD, authorization: `Bearer ${world.viewer.token}`, 'if-none-match': '"0"' },
+      });
+    for (let i = 0; i < 3; i++) {
+      const answer = await poll();
+      expect(answer.status).toBe(304);
+      expect(answer.headers.get('access-control-allow-origin')).toBe(DASHBOARD);
+      expect(answer.headers.get('access-control-expose-headers')).toContain('etag');
+    }
+  });
 });
 
 describe('a metrics bind address', () => {

@@ -22,8 +22,9 @@ const RUN_ID = new RegExp(idPattern('run'));
  *
  * It is given before routing, from memory, when the credentials, the caller's access to the run
  * and the run's seq are all cached and the answer is exactly that 304. In every other case —
- * anything not cached, any other answer, a query string, a server shutting down — the request
- * goes on to the route, which decides with the same Authenticator and Policy.
+ * anything not cached, any other answer, a query string, a cross-origin request, a server
+ * shutting down — the request goes on to the route, which decides with the same Authenticator
+ * and Policy.
  */
 export class PollFastPath {
   private enabled = true;
@@ -41,6 +42,8 @@ export class PollFastPath {
     if (!this.enabled || request.method !== 'GET' || url === undefined) return false;
     if (!url.startsWith(PREFIX) || !url.endsWith(SUFFIX)) return false;
     const headers = request.headers;
+    // A cross-origin request needs the CORS headers the route's plugins add.
+    if (headers.origin !== undefined) return false;
     const seq = etagSeq(headers['if-none-match']);
     if (seq === undefined) return false;
     const runId = url.slice(PREFIX.length, url.length - SUFFIX.length);

@@ -26,4 +26,24 @@ describe('SSE framing', () => {
     expect(event.json).toBe(event.json);
     expect(event.committedAtMs).toBe(Date.parse('2026-01-01T00:00:00.000Z'));
   });
+
+  it('wraps the single-run frame in one HTTP/1.1 chunk, built once', () => {
+    const chunk = event.sseChunk.toString('utf8');
+    const size = Buffer.byteLength(event.sse);
+    expect(chunk).toBe(`${size.toString(16)}\r\n${event.sse}\r\n`);
+    expect(event.sseChunk).toBe(event.sseChunk);
+  });
+
+  it('counts the chunk size in bytes, not characters', () => {
+    const wide = new EncodedEvent({
+      run_id: 'run_A',
+      seq: 8,
+      type: 'log',
+      at: '2026-01-01T00:00:00.000Z',
+      log: { level: 'info', message: 'größer → 100 €' },
+    });
+    const [sizeLine] = wide.sseChunk.toString('utf8').split('\r\n');
+    expect(Number.parseInt(sizeLine ?? '', 16)).toBe(Buffer.byteLength(wide.sse));
+    expect(Number.parseInt(sizeLine ?? '', 16)).toBeGreaterThan(wide.sse.length);
+  });
 });

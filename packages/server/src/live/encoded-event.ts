@@ -1,12 +1,14 @@
 import type { RunEvent, SnapshotEvent } from '@runcast/protocol';
 
+const CRLF = Buffer.from('\r\n');
+
 /** A frame for the client, in the form each transport writes. */
 export type Frame = RunEvent | SnapshotEvent;
 
 /**
  * One event and its encodings, each computed at most once per broadcast and shared by every
- * subscriber that writes it: the JSON, the SSE frames (single-run and multiplexed ids) and
- * whatever a gateway caches in `cache`.
+ * subscriber that writes it: the JSON, the SSE frames (single-run and multiplexed ids) and the
+ * bytes each gateway writes to its sockets.
  */
 export class EncodedEvent {
   readonly runId: string;
@@ -18,8 +20,9 @@ export class EncodedEvent {
   private jsonText: string | undefined;
   private sseSingle: string | undefined;
   private sseTail: string | undefined;
-  /** Gateway-specific encodings (the Socket.IO packet), keyed by the gateway. */
-  readonly cache = new Map<string, unknown>();
+  private sseHttpChunk: Buffer | undefined;
+  /** The Socket.IO gateway's WebSocket frame of this event, built by the gateway on first use. */
+  socketFrame: readonly Buffer[] | undefined = undefined;
 
   constructor(
     readonly event: Frame,
@@ -52,5 +55,18 @@ export class EncodedEvent {
   get sseWithoutId(): string {
     this.sseTail ??= `event: ${this.event.type}\ndata: ${this.json}\n\n`;
     return this.sseTail;
+  }
+
+  /**
+   * `sse` as one HTTP/1.1 chunk (`<size>\r\n<frame>\r\n`): the bytes `res.write(sse)` sends on a
+   * chunked response, in one buffer that a stream writes with one call.
+   */
+  get sseChunk(): Buffer {
+    if (!this.sseHttpChunk) {
+      const frame = Buffer.from(this.sse);
+      const size = Buffer.from(`${frame.length.toString(16)}\r\n`, 'latin1');
+      this.sseHttpChunk = Buffer.concat([size, frame, CRLF]);
+    }
+    return this.sseHttpChunk;
   }
 }

@@ -4,13 +4,18 @@ import type { Metrics, TransportName } from '../metrics.js';
 import type { RunService } from '../runs/run-service.js';
 import type { RunReplay } from '../store/store.js';
 import { EncodedEvent } from './encoded-event.js';
+import { FlushPacer } from './flush-pacer.js';
 import { type Sink, Subscriber, type SubscriberHooks } from './subscriber.js';
+
+const TRANSPORTS: readonly TransportName[] = ['websocket', 'sse', 'polling'];
 
 export interface HubOptions {
   /** Bytes a subscriber may have queued before it is disconnected. */
   maxQueuedBytes: number;
   /** Most log events replayed when a subscription opens (the retention). */
   replayLimit: number;
+  /** A monotonic clock in milliseconds; `performance.now` unless a test passes its own. */
+  nowMs?: () => number;
 }
 
 /** A pending long-poll: `done` resolves true when an event past its cursor committed. */
@@ -24,18 +29,32 @@ interface Waiter {
   wake(): void;
 }
 
+interface Tally {
+  events: number;
+  oldestMs: number;
+}
+
 /**
  * The one subscription registry per run, shared by every gateway. It receives committed events
  * from the Bus, encodes each once, and fans it out to the subscribers of all transports; each
- * subscriber writes its pending events once per tick.
+ * subscriber writes what a group of commits brought it in one write (see `markDirty`), unless
+ * its connection is still busy with earlier writes. A fan-out that saturates the server is paced
+ * (`FlushPacer`).
  */
 export class Hub implements SubscriberHooks {
   private readonly rooms = new Map<string, Set<Subscriber>>();
   private readonly subscribers = new Set<Subscriber>();
   private readonly waiters = new Map<string, Set<Waiter>>();
-  private dirty = new Set<Subscriber>();
+  /** Subscribers that queued something since the last flush (a subscriber may appear twice). */
+  private readonly dirty: Subscriber[] = [];
   private flushScheduled = false;
-  private readonly written = new Map<TransportName, { events: number; oldestMs: number }>();
+  private readonly flushLater = () => this.flushNow();
+  private readonly pacer: FlushPacer;
+  private readonly written: Record<TransportName, Tally> = {
+    websocket: { events: 0, oldestMs: Number.POSITIVE_INFINITY },
+    sse: { events: 0, oldestMs: Number.POSITIVE_INFINITY },
+    polling: { events: 0, oldestMs: Number.POSITIVE_INFINITY },
+  };
   private tallyScheduled = false;
   private readonly unsubscribeBus: () => void;
 
@@ -45,6 +64,7 @@ export class Hub implements SubscriberHooks {
     private readonly metrics: Metrics,
     private readonly options: HubOptions,
   ) {
+    this.pacer = new FlushPacer(options.nowMs ?? (() => performance.now()));
     this.unsubscribeBus = bus.subscribe((events) => this.publish(events));
   }
 
@@ -61,7 +81,6 @@ export class Hub implements SubscriberHooks {
     if (!this.subscribers.delete(subscriber)) return;
     subscriber.markClosed();
     for (const runId of [...subscriber.runIds]) this.leave(subscriber, runId);
-    this.dirty.delete(subscriber);
     this.metrics.connections.dec({ transport: subscriber.transport });
   }
 
@@ -158,6 +177,8 @@ export class Hub implements SubscriberHooks {
         for (const subscriber of room) subscriber.push(encoded);
       }
     }
+    // Something of this commit waits for the pending flush: the pacer counts such commits.
+    if (this.flushScheduled) this.pacer.committed();
     const last = events[events.length - 1];
     const set = last && this.waiters.get(last.run_id);
     if (last && set) for (const waiter of [...set]) if (last.seq > waiter.afterSeq) waiter.wake();
@@ -166,28 +187,39 @@ export class Hub implements SubscriberHooks {
   // SubscriberHooks
 
   markDirty(subscriber: Subscriber): void {
-    this.dirty.add(subscriber);
+    this.dirty.push(subscriber);
     if (this.flushScheduled) return;
     this.flushScheduled = true;
-    // One write per subscriber per tick, however many events the tick committed.
-    setImmediate(() => this.flushNow());
+    const delayMs = this.pacer.delayMs();
+    if (delayMs >= 1) {
+      setTimeout(this.flushLater, delayMs);
+      return;
+    }
+    // Once the current job is done, before the event loop moves on: the store commits in groups
+    // and publishes a group's commits one after another, which then go out in one write per
+    // subscriber. `setImmediate` would add a turn of the event loop to every delivery.
+    process.nextTick(this.flushLater);
   }
 
   /** Writes what every dirty subscriber has queued. A busy one stays queued until its drain. */
   flushNow(): void {
     this.flushScheduled = false;
     const dirty = this.dirty;
-    this.dirty = new Set();
-    for (const subscriber of dirty) subscriber.flush();
+    if (dirty.length === 0) return;
+    const startMs = this.pacer.flushing();
+    // By index: a subscriber marked dirty meanwhile is flushed in this loop too.
+    for (let i = 0; i < dirty.length; i++) dirty[i]?.flush();
+    dirty.length = 0;
+    this.pacer.flushed(startMs);
   }
 
   onWritten(subscriber: Subscriber, events: readonly EncodedEvent[]): void {
     // Counted per tick and transport, not per subscriber: with thousands of subscribers the
     // instruments would otherwise cost more than the writes they count.
-    const tally = this.written.get(subscriber.transport) ?? { events: 0, oldestMs: Number.POSITIVE_INFINITY };
+    const tally = this.written[subscriber.transport];
     tally.events += events.length;
-    tally.oldestMs = Math.min(tally.oldestMs, events[0]?.committedAtMs ?? tally.oldestMs);
-    this.written.set(subscriber.transport, tally);
+    const committedAtMs = events[0]?.committedAtMs ?? tally.oldestMs;
+    if (committedAtMs < tally.oldestMs) tally.oldestMs = committedAtMs;
     if (!this.tallyScheduled) {
       this.tallyScheduled = true;
       setImmediate(() => this.recordWritten());
@@ -198,13 +230,16 @@ export class Hub implements SubscriberHooks {
   private recordWritten(): void {
     this.tallyScheduled = false;
     const nowMs = Date.now();
-    for (const [transport, tally] of this.written) {
+    for (const transport of TRANSPORTS) {
+      const tally = this.written[transport];
+      if (tally.events === 0) continue;
       this.metrics.eventsDelivered.inc({ transport }, tally.events);
       if (Number.isFinite(tally.oldestMs)) {
         this.metrics.deliveryLag.observe({ transport }, Math.max(0, nowMs - tally.oldestMs) / 1000);
       }
+      tally.events = 0;
+      tally.oldestMs = Number.POSITIVE_INFINITY;
     }
-    this.written.clear();
   }
 
   onConflated(subscriber: Subscriber): void {

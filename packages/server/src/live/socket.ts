@@ -29,83 +29,104 @@ interface SocketData {
   principal: Principal;
 }
 
-/** A packet encoded once for every socket: the Socket.IO string and its WebSocket frame. */
-interface PreEncoded {
-  packets: string[];
-  options: { preEncoded: true; wsPreEncodedFrame?: unknown };
-}
-
-// Internals of socket.io / engine.io this gateway relies on, named in one place. They are the
-// same calls Socket.IO's own broadcast makes (`adapter.broadcast` → `client.writeToEngine` with
-// `preEncoded`), which is how one encoding serves every socket.
+// Internals of socket.io / engine.io / ws this gateway relies on, named in one place. Events go
+// out the way Socket.IO's own broadcast sends a pre-encoded packet (`adapter.broadcast` →
+// engine.io's WebSocket transport → `ws` `Sender.sendFrame` with a frame built once, see
+// websockets/ws#617), minus the per-socket packet objects and events of the layers between.
 interface EngineSocket {
+  readyState: string;
   writeBuffer: unknown[];
   transport: {
     writable: boolean;
+    /** The `ws` WebSocket of engine.io's WebSocket transport. */
+    socket?: WsSocket;
     on(event: 'ready', fn: () => void): void;
     off(event: 'ready', fn: () => void): void;
   };
   close(discard?: boolean): void;
 }
-interface ClientInternals {
-  writeToEngine(packets: string[], options: PreEncoded['options']): void;
+interface WsSocket {
+  readyState: number;
+  _sender?: FrameSender;
+}
+interface FrameSender {
+  sendFrame(list: readonly Buffer[], cb?: (err?: Error) => void): void;
 }
 interface FrameBuilder {
   frame(
     data: Buffer,
     options: { readOnly: boolean; mask: boolean; rsv1: boolean; opcode: number; fin: boolean },
-  ): unknown;
+  ): Buffer[];
 }
 
 const encoder = new Encoder();
 // ws's module exports Sender (its frame builder); its type declarations do not list it.
 const senderOf = (ws as unknown as { Sender: FrameBuilder }).Sender;
+const TEXT_FRAME = { readOnly: false, mask: false, rsv1: false, opcode: 1, fin: true };
+const WS_OPEN = 1;
 
-function preEncode(event: EncodedEvent): PreEncoded {
-  let cached = event.cache.get('socket.io') as PreEncoded | undefined;
-  if (cached) return cached;
-  const packets = encoder.encode({
+/**
+ * The `run_event` packet of an event as one WebSocket text frame, built once for every socket:
+ * header and payload in one buffer, so that each socket's write is one `write`, not a `writev`.
+ */
+export function socketFrame(event: EncodedEvent): readonly Buffer[] {
+  if (event.socketFrame) return event.socketFrame;
+  // An event is JSON: it encodes into one packet (only binary attachments would add more).
+  const [packet] = encoder.encode({
     type: PacketType.EVENT,
     nsp: '/',
     data: [SOCKET_EVENTS.runEvent, event.event],
   }) as string[];
-  const options: PreEncoded['options'] = { preEncoded: true };
-  if (packets.length === 1 && packets[0] !== undefined) {
-    // "4" is Engine.IO's "message" packet type; the frame is built once, like Socket.IO's broadcast does.
-    options.wsPreEncodedFrame = senderOf.frame(Buffer.from(`4${packets[0]}`), {
-      readOnly: false,
-      mask: false,
-      rsv1: false,
-      opcode: 1,
-      fin: true,
-    });
-  }
-  cached = { packets, options };
-  event.cache.set('socket.io', cached);
-  return cached;
+  // "4" is Engine.IO's "message" packet type.
+  const frame = [Buffer.concat(senderOf.frame(Buffer.from(`4${packet}`), TEXT_FRAME))];
+  event.socketFrame = frame;
+  return frame;
 }
 
 /** One Socket.IO socket as a Hub sink. */
 class SocketSink implements Sink {
   readonly transport = 'websocket' as const;
+  private readonly engine: EngineSocket;
+  private readonly ws: WsSocket;
+  private readonly sender: FrameSender;
+  /** A frame of ours is still being handed to the kernel; `drained` follows when it is. */
+  private writing = false;
+  private readonly onSent = (): void => {
+    this.writing = false;
+    this.drained();
+  };
 
-  constructor(private readonly socket: Socket) {}
-
-  private get engine(): EngineSocket {
-    return this.socket.conn as unknown as EngineSocket;
+  constructor(
+    private readonly socket: Socket,
+    /** Called when the connection can take the next write. */
+    private readonly drained: () => void,
+  ) {
+    this.engine = socket.conn as unknown as EngineSocket;
+    const ws = this.engine.transport.socket;
+    const sender = ws?._sender;
+    // Checked here, at the first connection, rather than losing events later.
+    if (!ws || typeof sender?.sendFrame !== 'function') {
+      throw new Error('engine.io or ws changed: no WebSocket under the transport or no Sender.sendFrame');
+    }
+    this.ws = ws;
+    this.sender = sender;
   }
 
   isBusy(): boolean {
     const engine = this.engine;
-    return engine.writeBuffer.length > 0 || !engine.transport.writable;
+    return this.writing || engine.writeBuffer.length > 0 || !engine.transport.writable;
   }
 
   write(events: readonly EncodedEvent[]): void {
-    const client = this.socket.client as unknown as ClientInternals;
-    for (const event of events) {
-      const { packets, options } = preEncode(event);
-      client.writeToEngine(packets, options);
-    }
+    const [first] = events;
+    // A connection on its way out takes nothing more; its client resumes from its last seq.
+    if (!first || this.engine.readyState !== 'open' || this.ws.readyState !== WS_OPEN) return;
+    const frame = events.length === 1 ? socketFrame(first) : [Buffer.concat(events.flatMap(socketFrame))];
+    // Straight to the socket rather than through engine.io's queue: ordered with engine.io's own
+    // writes (acks, pings) because both are synchronous while engine.io's queue is empty, which
+    // `isBusy` ensures before the Hub writes.
+    this.writing = true;
+    this.sender.sendFrame(frame, this.onSent);
   }
 
   runEnded(): void {}
@@ -167,9 +188,10 @@ export function attachSocketGateway(httpServer: HttpServer, options: SocketGatew
   });
 
   io.on('connection', (socket) => {
-    const sink = new SocketSink(socket);
+    const sink = new SocketSink(socket, () => subscriber.flush());
     const subscriber = hub.attach(sink);
     const engine = socket.conn as unknown as EngineSocket;
+    // What the Hub queued while engine.io was writing goes out once engine.io is done.
     const onReady = () => subscriber.flush();
     engine.transport.on('ready', onReady);
     socket.on('disconnect', () => {

@@ -1,4 +1,5 @@
 import type { ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { isTerminal, RunId, type SnapshotEvent, TRANSPORT_HEADERS } from '@runcast/protocol';
 import type { FastifyReply, FastifyRequest } from 'fastify';
@@ -52,6 +53,11 @@ class SseSink implements Sink {
   private ended = false;
   private readonly openRuns = new Set<string>();
   private readonly cursors: Map<string, number> | undefined;
+  /**
+   * The connection, when live events may be written to it directly as prebuilt chunks: a
+   * single-run stream with chunked encoding on a connection this response owns.
+   */
+  private direct: Socket | undefined;
 
   constructor(
     private readonly res: ServerResponse,
@@ -64,12 +70,32 @@ class SseSink implements Sink {
     }
   }
 
+  /**
+   * Writes the opening (headers, `retry`, replay and snapshots) and from then on calls `drained`
+   * whenever the connection takes writes again after a full buffer.
+   */
+  open(opening: string, drained: () => void): void {
+    const res = this.res;
+    res.write(opening);
+    const socket = res.socket;
+    if (!this.cursors && socket && res.chunkedEncoding) {
+      // Once the response has written its headers to its own connection, a chunk written to the
+      // socket is exactly what `res.write` sends, in one write: `res.write` corks the socket,
+      // writes size, frame and CRLF separately and sends them as one `writev` on the next tick.
+      this.direct = socket;
+      socket.on('drain', drained);
+      res.once('close', () => socket.off('drain', drained));
+    } else {
+      res.on('drain', drained);
+    }
+  }
+
   follow(runId: string): void {
     this.openRuns.add(runId);
   }
 
   isBusy(): boolean {
-    return this.res.writableNeedDrain;
+    return this.direct ? this.direct.writableNeedDrain : this.res.writableNeedDrain;
   }
 
   frame(event: EncodedEvent): string {
@@ -82,6 +108,16 @@ class SseSink implements Sink {
 
   write(events: readonly EncodedEvent[]): void {
     if (this.ended) return;
+    const direct = this.direct;
+    if (direct) {
+      const [first] = events;
+      // A connection the client already ended takes nothing more (writing would raise an error).
+      if (!first || !direct.writable) return;
+      direct.write(
+        events.length === 1 ? first.sseChunk : Buffer.concat(events.map((event) => event.sseChunk)),
+      );
+      return;
+    }
     let chunk = '';
     for (const event of events) chunk += this.frame(event);
     this.res.write(chunk);
@@ -216,8 +252,7 @@ export const sseRoutes: FastifyPluginAsyncTypebox<SseOptions> = async (app, opti
       else live.push(replay);
     }
     sinks.add(sink);
-    res.write(opening);
-    res.on('drain', () => subscriber.flush());
+    sink.open(opening, () => subscriber.flush());
     res.on('close', () => {
       sinks.delete(sink);
       hub.detach(subscriber);

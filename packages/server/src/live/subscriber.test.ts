@@ -152,4 +152,79 @@ describe('Subscriber', () => {
     // Only updates of the same run conflate; q's update stays.
     expect(sink.written).toEqual([[11, 2, 3]]);
   });
+
+  it('writes each flush on its own: nothing written before comes again', () => {
+    const { sink, hooks, subscriber } = setup();
+    subscriber.openRun('r', 0);
+    subscriber.push(log(1));
+    subscriber.flush();
+    subscriber.push(update(2));
+    subscriber.flush();
+    subscriber.push(log(3));
+    subscriber.flush();
+    expect(sink.written).toEqual([[1], [2], [3]]);
+    // Dirty again each time the queue goes from empty to not empty.
+    expect(hooks.dirty).toBe(3);
+    expect(subscriber.backlogBytes).toBe(0);
+  });
+
+  it('does not take an update already written for one still queued', () => {
+    const { sink, hooks, subscriber } = setup();
+    subscriber.openRun('r', 0);
+    subscriber.push(update(1));
+    subscriber.flush();
+    sink.busy = true;
+    subscriber.push(log(2));
+    subscriber.push(update(3));
+    sink.busy = false;
+    subscriber.flush();
+    expect(sink.written).toEqual([[1], [2, 3]]);
+    expect(hooks.conflated).toBe(0);
+  });
+
+  it('replaces the last queued update in place and counts only the newest bytes', () => {
+    const { sink, hooks, subscriber } = setup();
+    subscriber.openRun('r', 0);
+    sink.busy = true;
+    subscriber.push(update(1));
+    subscriber.push(update(2));
+    const newest = update(3);
+    subscriber.push(newest);
+    expect(subscriber.backlogBytes).toBe(newest.size);
+    expect(hooks.dirty).toBe(1);
+    sink.busy = false;
+    subscriber.flush();
+    expect(sink.written).toEqual([[3]]);
+    expect(hooks.conflated).toBe(2);
+  });
+
+  it('drops the queued update of a run it leaves', () => {
+    const { sink, subscriber } = setup();
+    subscriber.openRun('r', 0);
+    sink.busy = true;
+    subscriber.push(update(1));
+    expect(subscriber.removeRun('r')).toBe(true);
+    expect(subscriber.backlogBytes).toBe(0);
+    sink.busy = false;
+    subscriber.flush();
+    expect(sink.written).toEqual([]);
+  });
+
+  it('writes a live run while another one is still opening, and counts the held events', () => {
+    const { sink, hooks, subscriber } = setup();
+    subscriber.openRun('r', 0);
+    subscriber.addRun('q');
+    const held = log(11, 'x', 'q');
+    subscriber.push(held);
+    expect(hooks.dirty).toBe(0);
+    subscriber.push(log(1));
+    expect(hooks.dirty).toBe(1);
+    subscriber.flush();
+    expect(sink.written).toEqual([[1]]);
+    expect(subscriber.backlogBytes).toBe(held.size);
+    subscriber.openRun('q', 10);
+    subscriber.flush();
+    expect(sink.written).toEqual([[1], [11]]);
+    expect(subscriber.backlogBytes).toBe(0);
+  });
 });

@@ -7,9 +7,15 @@ export type DisconnectReason = 'SLOW_CONSUMER' | 'SERVER_SHUTDOWN' | 'RUN_ENDED'
 /** The transport end of a subscriber: how one connection is written to. */
 export interface Sink {
   readonly transport: TransportName;
-  /** True while the connection cannot take more without buffering (write returned false). */
+  /**
+   * True while the connection cannot take more without buffering (a full buffer, or a write
+   * still in flight); the sink's owner calls `Subscriber.flush` once it can.
+   */
   isBusy(): boolean;
-  /** Writes the events in one go, in order. */
+  /**
+   * Writes the events in one go, in order. The array is the subscriber's and is reused after the
+   * call: read it, do not keep it.
+   */
   write(events: readonly EncodedEvent[]): void;
   /** Called after `write` delivered the terminal update of a run. */
   runEnded(runId: string): void;
@@ -19,18 +25,12 @@ export interface Sink {
 
 /** Callbacks a Subscriber makes into its Hub. */
 export interface SubscriberHooks {
-  /** The subscriber has something to write: flush it this tick. */
+  /** The subscriber has something to write: flush it when the publish ends, or this tick. */
   markDirty(subscriber: Subscriber): void;
   onWritten(subscriber: Subscriber, events: readonly EncodedEvent[]): void;
   onConflated(subscriber: Subscriber): void;
   onOverflow(subscriber: Subscriber): void;
   onRunEnded(subscriber: Subscriber, runId: string): void;
-}
-
-interface QueueItem {
-  event: EncodedEvent;
-  /** Replaced by a newer update of the same run. */
-  dead: boolean;
 }
 
 interface RunState {
@@ -39,6 +39,9 @@ interface RunState {
   lastSeq: number;
   /** Live events that arrived while the subscription was opening. */
   early: EncodedEvent[];
+  /** This run's update still waiting in the queue, if any, and its index there. */
+  pending: EncodedEvent | undefined;
+  pendingAt: number;
 }
 
 /**
@@ -48,9 +51,16 @@ interface RunState {
  */
 export class Subscriber {
   private readonly runs = new Map<string, RunState>();
-  private queue: QueueItem[] = [];
-  private readonly pendingUpdate = new Map<string, QueueItem>();
+  /**
+   * Events to write, in seq order. A conflated update leaves a hole (`undefined`) rather than
+   * moving the others; the flush closes the holes.
+   */
+  private queue: (EncodedEvent | undefined)[] = [];
+  private holes = 0;
+  /** The array the last flush wrote, emptied: the next flush swaps it in instead of allocating. */
+  private spare: (EncodedEvent | undefined)[] | undefined = [];
   private queuedBytes = 0;
+  private earlyBytes = 0;
   private closed = false;
 
   constructor(
@@ -77,12 +87,14 @@ export class Subscriber {
 
   /** Bytes waiting to be written (for tests and metrics). */
   get backlogBytes(): number {
-    return this.queuedBytes;
+    return this.queuedBytes + this.earlyBytes;
   }
 
   /** Starts following a run; live events are held until `openRun`. */
   addRun(runId: string): void {
-    if (!this.runs.has(runId)) this.runs.set(runId, { open: false, lastSeq: -1, early: [] });
+    if (!this.runs.has(runId)) {
+      this.runs.set(runId, { open: false, lastSeq: -1, early: [], pending: undefined, pendingAt: -1 });
+    }
   }
 
   /**
@@ -97,7 +109,7 @@ export class Subscriber {
     const early = state.early;
     state.early = [];
     for (const event of early) {
-      this.queuedBytes -= event.size;
+      this.earlyBytes -= event.size;
       this.push(event);
     }
   }
@@ -106,13 +118,8 @@ export class Subscriber {
     const state = this.runs.get(runId);
     if (!state) return false;
     this.runs.delete(runId);
-    const pending = this.pendingUpdate.get(runId);
-    if (pending) {
-      pending.dead = true;
-      this.queuedBytes -= pending.event.size;
-      this.pendingUpdate.delete(runId);
-    }
-    for (const event of state.early) this.queuedBytes -= event.size;
+    this.dropPending(state);
+    for (const event of state.early) this.earlyBytes -= event.size;
     return true;
   }
 
@@ -123,38 +130,52 @@ export class Subscriber {
     if (!state) return;
     if (!state.open) {
       state.early.push(event);
-      this.queuedBytes += event.size;
+      this.earlyBytes += event.size;
       this.checkLimit();
       return;
     }
     if (event.seq <= state.lastSeq) return;
     state.lastSeq = event.seq;
     if (event.isUpdate) {
-      const pending = this.pendingUpdate.get(event.runId);
-      if (pending) {
-        // Latest state wins; the newer update goes to the end so seq keeps growing.
-        pending.dead = true;
-        this.queuedBytes -= pending.event.size;
+      const pending = state.pending;
+      // The index is stale once a flush took the queue: then the slot holds something else.
+      if (pending && this.queue[state.pendingAt] === pending) {
+        // Latest state wins.
         this.hooks.onConflated(this);
+        if (state.pendingAt === this.queue.length - 1) {
+          // Nothing was queued after the old update: the new one takes its place.
+          this.queue[state.pendingAt] = event;
+          this.queuedBytes += event.size - pending.size;
+          state.pending = event;
+          this.checkLimit();
+          return;
+        }
+        // Otherwise the new one goes to the end, so that seq keeps growing.
+        this.queue[state.pendingAt] = undefined;
+        this.holes++;
+        this.queuedBytes -= pending.size;
       }
-      const item = { event, dead: false };
-      this.pendingUpdate.set(event.runId, item);
-      this.enqueue(item);
-    } else {
-      this.enqueue({ event, dead: false });
+      state.pending = event;
+      state.pendingAt = this.queue.length;
     }
+    this.queue.push(event);
+    this.queuedBytes += event.size;
+    if (this.checkLimit()) return;
+    if (this.queue.length === 1) this.hooks.markDirty(this);
   }
 
-  private enqueue(item: QueueItem): void {
-    const wasEmpty = this.queuedBytes === 0 && this.queue.length === 0;
-    this.queue.push(item);
-    this.queuedBytes += item.event.size;
-    if (this.checkLimit()) return;
-    if (wasEmpty) this.hooks.markDirty(this);
+  /** Takes the run's update out of the queue, if it is still there. */
+  private dropPending(state: RunState): void {
+    const pending = state.pending;
+    state.pending = undefined;
+    if (!pending || this.queue[state.pendingAt] !== pending) return;
+    this.queue[state.pendingAt] = undefined;
+    this.holes++;
+    this.queuedBytes -= pending.size;
   }
 
   private checkLimit(): boolean {
-    if (this.queuedBytes <= this.maxQueuedBytes) return false;
+    if (this.queuedBytes + this.earlyBytes <= this.maxQueuedBytes) return false;
     this.hooks.onOverflow(this);
     this.close('SLOW_CONSUMER');
     return true;
@@ -164,30 +185,34 @@ export class Subscriber {
   flush(): void {
     if (this.closed || this.queue.length === 0) return;
     if (this.sink.isBusy()) return; // the sink's drain calls flush again
-    const items = this.queue;
-    this.queue = [];
+    const queue = this.queue;
+    const holes = this.holes;
+    // A flush the write itself might start (a synchronous drain) finds no spare and allocates.
+    this.queue = this.spare ?? [];
+    this.spare = undefined;
+    this.holes = 0;
     this.queuedBytes = 0;
-    this.pendingUpdate.clear();
-    const events: EncodedEvent[] = [];
-    for (const item of items) if (!item.dead) events.push(item.event);
-    if (events.length === 0) return;
-    this.sink.write(events);
-    this.hooks.onWritten(this, events);
-    for (const event of events) {
-      if (event.isTerminal && this.removeRun(event.runId)) {
-        this.hooks.onRunEnded(this, event.runId);
-        this.sink.runEnded(event.runId);
+    if (holes > 0) closeHoles(queue);
+    // No holes are left.
+    const events = queue as EncodedEvent[];
+    if (events.length > 0) {
+      this.sink.write(events);
+      this.hooks.onWritten(this, events);
+      for (const event of events) {
+        if (event.isTerminal && this.removeRun(event.runId)) {
+          this.hooks.onRunEnded(this, event.runId);
+          this.sink.runEnded(event.runId);
+        }
       }
     }
+    queue.length = 0;
+    this.spare = queue;
   }
 
   /** Ends the connection (idempotent). */
   close(reason: DisconnectReason): void {
     if (this.closed) return;
-    this.closed = true;
-    this.queue = [];
-    this.queuedBytes = 0;
-    this.pendingUpdate.clear();
+    this.markClosed();
     this.sink.close(reason);
   }
 
@@ -195,6 +220,16 @@ export class Subscriber {
   markClosed(): void {
     this.closed = true;
     this.queue = [];
+    this.spare = undefined;
+    this.holes = 0;
     this.queuedBytes = 0;
+    this.earlyBytes = 0;
   }
+}
+
+/** Removes the `undefined` slots of `queue` in place, keeping the order of the rest. */
+function closeHoles(queue: (EncodedEvent | undefined)[]): void {
+  let kept = 0;
+  for (const event of queue) if (event) queue[kept++] = event;
+  queue.length = kept;
 }

@@ -276,7 +276,7 @@ const METHOD_NOTES = [
   'Polling and ingest use raw keep-alive HTTP/1.1 connections, one request in flight each; 5,000 pollers means 5,000 connections.',
   'The bare Fastify baseline of ingest parses the same PATCH body and answers a snapshot with a seq kept in memory: no credentials, no validation, no database. It is the HTTP floor on this machine, not a like-for-like system.',
   'Overload: 2× the events/s that Runcast’s core can write at the CPU per event of the fan-out scenario; the baselines get the same rate.',
-  'Figures taken near saturation vary from run to run: while the bench was written, the WebSocket fan-out gave Runcast 16–21 µs of CPU per event and a p99 of 120–310 ms, and the WebSocket overload a p99 of 230–350 ms. Ratios against baselines measured in the same invocation vary less than absolute figures.',
+  'Figures taken near saturation vary from run to run: across the runs of the second session, the WebSocket fan-out gave Runcast 0.73–0.90× bare Socket.IO’s CPU per event and a p99 of 86–156 ms, the 1,000-run scenario a p99 of 104–174 ms, and polling at the maximum rate 0.88–0.90× bare Fastify. Ratios against baselines measured in the same invocation vary less than absolute figures.',
   '`npm run bench -- --profile --only <scenario>` prints the Runcast server’s top CPU frames (it slows the server, so it writes no latest.md).',
 ];
 

@@ -1,3 +1,5 @@
+import type { IncomingHttpHeaders } from 'node:http';
+import { TRANSPORT_HEADERS } from '@runcast/protocol';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 
 /** How a subscriber receives events. */
@@ -88,9 +90,18 @@ export class Metrics {
   }
 
   /**
-   * Counts what a client says about its connection method. Values are checked against a short
+   * Counts what a client says about its connection method in its X-Runcast-* headers. Values are checked against a short
    * list so that a client cannot create unbounded label sets.
    */
+  recordClientHeaders(headers: IncomingHttpHeaders): void {
+    this.recordClientReport(
+      first(headers[TRANSPORT_HEADERS.transport]),
+      first(headers[TRANSPORT_HEADERS.fallbackFrom]),
+      first(headers[TRANSPORT_HEADERS.fallbackReason]),
+    );
+  }
+
+  /** The same report from the Socket.IO handshake's fields. */
   recordClientReport(transport: unknown, fallbackFrom: unknown, reason: unknown): void {
     const to = asTransport(transport);
     if (!to) return;
@@ -99,6 +110,8 @@ export class Metrics {
     if (from) this.clientFallbacks.inc({ from, to, reason: asReason(reason) });
   }
 }
+
+const first = (value: string | string[] | undefined) => (Array.isArray(value) ? value[0] : value);
 
 function asTransport(value: unknown): TransportName | undefined {
   return TRANSPORTS.find((t) => t === value);

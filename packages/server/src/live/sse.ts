@@ -1,7 +1,7 @@
 import type { ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
-import { isTerminal, RunId, type SnapshotEvent, TRANSPORT_HEADERS } from '@runcast/protocol';
+import { isTerminal, RunId, type SnapshotEvent } from '@runcast/protocol';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { Type } from 'typebox';
 import { requirePrincipal } from '../auth/plugin.js';
@@ -209,11 +209,7 @@ export const sseRoutes: FastifyPluginAsyncTypebox<SseOptions> = async (app, opti
     cursors: Map<string, number | undefined>,
     multiplexed: boolean,
   ): Promise<unknown> {
-    metrics.recordClientReport(
-      header(request, TRANSPORT_HEADERS.transport),
-      header(request, TRANSPORT_HEADERS.fallbackFrom),
-      header(request, TRANSPORT_HEADERS.fallbackReason),
-    );
+    metrics.recordClientHeaders(request.headers);
     const res = reply.raw;
     const sink = new SseSink(res, multiplexed ? cursors : undefined, options.retryMs);
     const subscriber: Subscriber = hub.attach(sink);

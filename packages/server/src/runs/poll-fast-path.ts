@@ -1,5 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { idPattern, TRANSPORT_HEADERS } from '@runcast/protocol';
+import { idPattern } from '@runcast/protocol';
 import type { Authenticator } from '../auth/authenticator.js';
 import type { Policy } from '../auth/policy.js';
 import type { Metrics } from '../metrics.js';
@@ -56,11 +56,7 @@ export class PollFastPath {
     const run = principal && policy.cachedReadableRun(principal, runId);
     if (run?.seq !== seq) return false;
     metrics.pollsAnsweredFromMemory.inc();
-    metrics.recordClientReport(
-      headers[TRANSPORT_HEADERS.transport],
-      headers[TRANSPORT_HEADERS.fallbackFrom],
-      headers[TRANSPORT_HEADERS.fallbackReason],
-    );
+    metrics.recordClientHeaders(headers);
     response.writeHead(304, { etag: etagOf(seq), 'cache-control': 'no-cache' });
     response.end();
     return true;

@@ -12,7 +12,6 @@ import {
   RUN_STATUSES,
   RunId,
   type RunStatus,
-  TRANSPORT_HEADERS,
 } from '@runcast/protocol';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { Type } from 'typebox';
@@ -165,11 +164,7 @@ export const runRoutes: FastifyPluginAsyncTypebox<RunRoutesOptions> = async (app
     async (request, reply) => {
       const { run_id } = request.params;
       const run = await policy.requireRun(requirePrincipal(request), run_id);
-      metrics.recordClientReport(
-        request.headers[TRANSPORT_HEADERS.transport],
-        request.headers[TRANSPORT_HEADERS.fallbackFrom],
-        request.headers[TRANSPORT_HEADERS.fallbackReason],
-      );
+      metrics.recordClientHeaders(request.headers);
       const { since, wait = 0 } = request.query;
       // The common poll — nothing new since the client's ETag — is answered from the run the
       // access check already read, without a replay transaction.

@@ -232,6 +232,21 @@ export class ProgressService {
     if (out.type === 'error') subscription.failed = true;
     for (const callback of [...subscription.callbacks]) this.call(callback, out);
     if (subscription.failed || subscription.cursor.finished) this.unfollow(event.run_id);
+    if (subscription.failed && this.followedRunIds().length === 0 && this.change.state !== 'unauthorized') {
+      // The last run followed failed for good: no connection is needed until another is followed.
+      this.clearTimers();
+      this.dropTransports();
+      this.setState('idle', null, `nothing to follow: ${out.type === 'error' ? out.error.code : ''}`);
+    }
+  }
+
+  /** Ends every followed run with `error` and every transport. */
+  private failAll(error: RuncastError): void {
+    this.clearTimers();
+    this.dropTransports();
+    for (const runId of this.followedRunIds()) {
+      this.deliver({ run_id: runId, type: 'error', error: { code: error.code, message: error.message } });
+    }
   }
 
   private call<T>(fn: (value: T) => void, value: T): void {
@@ -375,6 +390,18 @@ export class ProgressService {
   /** One failure of the current method: retry it after a delay, or fall back when it keeps failing. */
   private onFailure(error: RuncastError, reason: string): void {
     if (this.closed || this.subscriptions.size === 0) return;
+    if (error.code === 'UNAUTHORIZED') {
+      // Retrying with the same credentials cannot work: every run is told, and the service stops.
+      this.setState('unauthorized', null, error.message);
+      this.failAll(error);
+      return;
+    }
+    if (this.followedRunIds().length === 0) {
+      // Every run ended or failed for good (access ended): there is nothing to reconnect for.
+      this.dropTransports();
+      this.setState('idle', null, `nothing to follow: ${error.code}`);
+      return;
+    }
     const method = this.order[this.index] ?? 'polling';
     const nowMs = this.env.now();
     const recent = (this.failures.get(method) ?? []).filter((at) => nowMs - at < this.failureWindowMs);

@@ -1,4 +1,4 @@
-import type { LogEvent, RunEvent, SnapshotEvent } from '@runcast/protocol';
+import type { LogEvent, RunErrorEvent, RunEvent, SnapshotEvent } from '@runcast/protocol';
 import type { ManagerOptions, Socket, SocketOptions } from 'socket.io-client';
 
 /** The three ways a ProgressService receives events, best first. */
@@ -6,7 +6,14 @@ export type ConnectionMethod = 'websocket' | 'sse' | 'polling';
 
 export const CONNECTION_METHODS: readonly ConnectionMethod[] = ['websocket', 'sse', 'polling'];
 
-export type ConnectionState = 'idle' | 'connecting' | 'connected' | 'reconnecting' | 'closed';
+export type ConnectionState =
+  | 'idle'
+  | 'connecting'
+  | 'connected'
+  | 'reconnecting'
+  | 'closed'
+  /** The credentials were refused (401, or `UNAUTHORIZED` at the handshake): no more retries. */
+  | 'unauthorized';
 
 /** What `onConnectionChange` listeners receive. */
 export interface ConnectionChange {
@@ -20,16 +27,9 @@ export interface ConnectionChange {
   reconnects: number;
 }
 
-/** A subscription failed for good (the run does not exist or may not be seen). */
-export interface RunErrorEvent {
-  run_id: string;
-  type: 'error';
-  error: { code: string; message: string };
-}
-
 /** What a subscriber's callback receives: a snapshot first (and after a gap), then updates and logs. */
 export type ProgressEvent = SnapshotEvent | RunEvent | RunErrorEvent;
-export type { LogEvent, RunEvent, SnapshotEvent };
+export type { LogEvent, RunErrorEvent, RunEvent, SnapshotEvent };
 
 export type ProgressCallback = (event: ProgressEvent) => void;
 

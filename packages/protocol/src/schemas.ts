@@ -304,6 +304,20 @@ export type SubscribeAck =
   | { ok: true; snapshot: SnapshotEvent }
   | { ok: false; error: { code: string; message: string } };
 
+/**
+ * A run's subscription ended for good: access to it ended (logout, revoked token, membership
+ * removed, login expired) or it could not be opened. Socket.IO sends it as a `run_event`, SSE as
+ * `event: run_error`; nothing more of the run follows on that connection.
+ */
+export interface RunErrorEvent {
+  run_id: string;
+  type: 'error';
+  error: { code: string; message: string };
+}
+
+/** SSE event name of a RunErrorEvent (not `error`: EventSource reports its own failures by that name). */
+export const SSE_RUN_ERROR = 'run_error';
+
 /** Socket.IO event names of the contract. */
 export const SOCKET_EVENTS = {
   subscribe: 'subscribe',

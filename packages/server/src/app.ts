@@ -187,11 +187,11 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   const runs = new RunService(store, bus, runner);
   const metrics = new Metrics();
   const drain = new ConnectionDrain();
+  const policy = new Policy(store, store);
   const hub = new Hub(bus, runs, metrics, {
     maxQueuedBytes: config.subscriberQueueLimitBytes,
-    replayLimit: config.eventRetention,
+    canRead: async (principal, projectId) => (await policy.projectAccess(principal, projectId)) !== undefined,
   });
-  const policy = new Policy(store, store);
   const authenticator = new Authenticator(store, secret, Date.now, store);
 
   // Decided once: building the line costs more than the rest of a 304 when nobody reads it.
@@ -238,6 +238,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     async (api) => {
       await api.register(authRoutes, {
         store,
+        bus,
         policy,
         secret,
         tokenTtlS: config.tokenTtlS,
@@ -245,7 +246,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
         cookieSecure: config.cookieSecure,
         allowedOrigins: config.allowedOrigins,
       });
-      await api.register(projectRoutes, { store, policy });
+      await api.register(projectRoutes, { store, policy, bus });
       await api.register(runRoutes, { runs, policy, hub, metrics, eventsPageLimit: config.eventsPageLimit });
       if (config.gateways.sse) {
         await api.register(sseRoutes, {

@@ -1,3 +1,4 @@
+import { SSE_RUN_ERROR } from '@runcast/protocol';
 import { createParser, type EventSourceMessage } from 'eventsource-parser';
 import { errorFromResponse, RUN_ERROR_CODES, RuncastError } from '../errors.js';
 import {
@@ -114,6 +115,13 @@ export class SseTransport implements Transport {
         if (message.event === 'keepalive') return;
         if (message.event === 'reconnect') {
           throw new RuncastError('SERVER_SHUTDOWN', 'the server asked clients to reconnect');
+        }
+        if (message.event === SSE_RUN_ERROR) {
+          // Access to the run ended (or it could not be opened): the run's subscription is over.
+          const failure = JSON.parse(message.data) as ProgressEvent;
+          this.runs.delete(failure.run_id);
+          this.handlers?.onEvent(failure);
+          return;
         }
         if (message.event !== 'snapshot' && message.event !== 'update' && message.event !== 'log') return;
         const event = JSON.parse(message.data) as ProgressEvent;

@@ -144,5 +144,5 @@ function loginPrincipal(
   if (!session || session.user_id !== claims.sub)
     throw new AppError('UNAUTHORIZED', 'session ended; log in again');
   if (!user) throw new AppError('UNAUTHORIZED', 'user no longer exists');
-  return { kind: 'user', user, sessionId: session.session_id, via };
+  return { kind: 'user', user, sessionId: session.session_id, via, expiresAtMs: claims.exp * 1000 };
 }

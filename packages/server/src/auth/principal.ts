@@ -5,7 +5,14 @@ export type CredentialSource = 'bearer' | 'cookie';
 
 /** Who is making a request: a logged-in user, or a worker's API token. */
 export type Principal =
-  | { kind: 'user'; user: UserRecord; sessionId: string; via: CredentialSource }
+  | {
+      kind: 'user';
+      user: UserRecord;
+      sessionId: string;
+      via: CredentialSource;
+      /** When the login token expires (ms since the epoch): live connections end then too. */
+      expiresAtMs: number;
+    }
   | { kind: 'token'; token: ApiTokenRecord; via: 'bearer' };
 
 /** Name of the HttpOnly session cookie. */

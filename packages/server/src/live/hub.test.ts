@@ -1,12 +1,37 @@
-import type { RunEvent } from '@runcast/protocol';
+import type { RunEvent, SnapshotEvent } from '@runcast/protocol';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import type { Principal } from '../auth/principal.js';
 import { MemoryBus } from '../bus/memory.js';
 import { Metrics } from '../metrics.js';
 import { RunService } from '../runs/run-service.js';
 import { SqliteStore } from '../store/sqlite.js';
 import type { EncodedEvent } from './encoded-event.js';
-import { Hub } from './hub.js';
-import type { DisconnectReason, Sink } from './subscriber.js';
+import { Hub, type Opening } from './hub.js';
+import type { DisconnectReason, RunFailure, Sink } from './subscriber.js';
+
+/** An Opening that records what a subscription's opening wrote. */
+class RecordingOpening {
+  logs: number[][] = [];
+  snapshot: SnapshotEvent | undefined;
+  live: boolean | undefined;
+  constructor(private readonly onPage: () => void = () => {}) {}
+  writeLogs(events: readonly EncodedEvent[]) {
+    this.logs.push(events.map((e) => e.seq));
+    this.onPage();
+  }
+  get replayed(): number[] {
+    return this.logs.flat();
+  }
+  asOpening(): Opening {
+    return {
+      logs: (events) => this.writeLogs(events),
+      snapshot: (event, live) => {
+        this.snapshot = event;
+        this.live = live;
+      },
+    };
+  }
+}
 
 class RecordingSink implements Sink {
   events: EncodedEvent[] = [];
@@ -16,6 +41,7 @@ class RecordingSink implements Sink {
   /** Called on every write (a test advances its clock with it). */
   onWrite: () => void = () => {};
   closedWith: DisconnectReason | undefined;
+  failed: { runId: string; code: string }[] = [];
   constructor(readonly transport: 'websocket' | 'sse') {}
   isBusy() {
     return this.busy;
@@ -26,12 +52,20 @@ class RecordingSink implements Sink {
     this.onWrite();
   }
   runEnded() {}
+  runFailed(runId: string, failure: RunFailure) {
+    this.failed.push({ runId, code: failure.code });
+  }
   close(reason: DisconnectReason) {
     this.closedWith = reason;
   }
 }
 
 const nextTick = () => new Promise<void>((resolve) => setImmediate(resolve));
+/** Turns the event loop until `condition` holds (at most 200 turns). */
+async function until(condition: () => boolean): Promise<void> {
+  for (let turn = 0; turn < 200 && !condition(); turn++) await nextTick();
+  expect(condition()).toBe(true);
+}
 const jobDone = () => new Promise<void>((resolve) => process.nextTick(resolve));
 const AT = new Date().toISOString();
 const updateOf = (runId: string, seq: number) =>
@@ -49,7 +83,7 @@ describe('Hub', () => {
     store = new SqliteStore({ file: ':memory:', eventRetention: 100 });
     const bus = new MemoryBus();
     runs = new RunService(store, bus);
-    hub = new Hub(bus, runs, new Metrics(), { maxQueuedBytes: 1_000_000, replayLimit: 100 });
+    hub = new Hub(bus, runs, new Metrics(), { maxQueuedBytes: 1_000_000 });
     const at = new Date().toISOString();
     await store.createUser({
       user_id: 'usr_1',
@@ -69,9 +103,9 @@ describe('Hub', () => {
   async function subscribed(transport: 'websocket' | 'sse', since?: number) {
     const sink = new RecordingSink(transport);
     const subscriber = hub.attach(sink);
-    const replay = await hub.subscribe(subscriber, runId, since);
-    subscriber.openRun(runId, replay?.run.seq ?? 0);
-    return { sink, subscriber, replay };
+    const opening = new RecordingOpening();
+    const run = await hub.open(subscriber, runId, since, opening.asOpening());
+    return { sink, subscriber, opening, run };
   }
 
   it('fans one encoded event out to every transport', async () => {
@@ -100,7 +134,7 @@ describe('Hub', () => {
 
   it('writes the commits published together in one write per subscriber, updates conflated', async () => {
     const a = await subscribed('websocket');
-    const seq = a.replay?.run.seq ?? 0;
+    const seq = a.run?.seq ?? 0;
     // What the store does with a group commit: one publish per commit, one after another.
     hub.publish([updateOf(runId, seq + 1)]);
     hub.publish([logOf(runId, seq + 2)]);
@@ -116,7 +150,6 @@ describe('Hub', () => {
     let clockMs = 1_000;
     const paced = new Hub(new MemoryBus(), runs, new Metrics(), {
       maxQueuedBytes: 1_000_000,
-      replayLimit: 100,
       nowMs: () => clockMs,
     });
     try {
@@ -126,8 +159,8 @@ describe('Hub', () => {
         clockMs += 40;
       };
       const subscriber = paced.attach(sink);
-      const seq = (await paced.subscribe(subscriber, runId, undefined))?.run.seq ?? 0;
-      subscriber.openRun(runId, seq);
+      const seq =
+        (await paced.open(subscriber, runId, undefined, new RecordingOpening().asOpening()))?.seq ?? 0;
 
       // Commits arriving as fast as they are written: four flushes back to back.
       for (let n = 1; n <= 4; n++) {
@@ -168,21 +201,22 @@ describe('Hub', () => {
 
   it('replays logs after the cursor, read with the snapshot', async () => {
     for (let i = 0; i < 5; i++) await runs.appendLogs(runId, [{ level: 'info', message: `m${i}` }]);
-    const { replay } = await subscribed('sse', 2);
-    expect(replay?.events.map((e) => e.seq)).toEqual([3, 4, 5]);
-    expect(replay?.run.seq).toBe(5);
+    const { opening, run } = await subscribed('sse', 2);
+    expect(opening.replayed).toEqual([3, 4, 5]);
+    expect(run?.seq).toBe(5);
+    expect(opening.snapshot?.seq).toBe(5);
   });
 
   it('does not lose an event committed while the subscription opens', async () => {
     const sink = new RecordingSink('sse');
     const subscriber = hub.attach(sink);
-    const opening = hub.subscribe(subscriber, runId, 0);
+    const opening = new RecordingOpening();
+    const opened = hub.open(subscriber, runId, 0, opening.asOpening());
     const committed = runs.appendLogs(runId, [{ level: 'info', message: 'during' }]);
-    const replay = await opening;
+    await opened;
     await committed;
-    subscriber.openRun(runId, replay?.run.seq ?? 0);
     await nextTick();
-    const seen = [...(replay?.events.map((e) => e.seq) ?? []), ...sink.events.map((e) => e.seq)];
+    const seen = [...opening.replayed, ...sink.events.map((e) => e.seq)];
     expect(seen).toEqual([1]);
   });
 
@@ -210,5 +244,169 @@ describe('Hub', () => {
     hub.closeAll('SERVER_SHUTDOWN');
     expect(a.sink.closedWith).toBe('SERVER_SHUTDOWN');
     expect(hub.stats().subscribers).toBe(0);
+  });
+
+  /**
+   * A Hub replaying `pageEvents` logs per page, `logs` logs committed, and an opening from 0 on a
+   * connection that is full after every page until the test drains it.
+   */
+  async function pagedOpening(pageEvents: number, logs: number) {
+    const paged = new Hub(new MemoryBus(), runs, new Metrics(), {
+      maxQueuedBytes: 1_000_000,
+      replayPageEvents: pageEvents,
+    });
+    for (let i = 0; i < logs; i++) await runs.appendLogs(runId, [{ level: 'info', message: `m${i}` }]);
+    const sink = new RecordingSink('sse');
+    const subscriber = paged.attach(sink);
+    const opening = new RecordingOpening(() => {
+      sink.busy = true;
+    });
+    const opened = paged.open(subscriber, runId, 0, opening.asOpening());
+    await until(() => opening.logs.length === 1);
+    return { paged, sink, subscriber, opening, opened };
+  }
+
+  it('replays a page at a time, the next only once the connection took the last', async () => {
+    const { paged, sink, subscriber, opening, opened } = await pagedOpening(3, 7);
+    try {
+      // A client that does not read holds one page, however long the history.
+      await nextTick();
+      await nextTick();
+      expect(opening.logs).toEqual([[1, 2, 3]]);
+      for (const expected of [2, 3]) {
+        sink.busy = false;
+        subscriber.flush();
+        await until(() => opening.logs.length === expected);
+      }
+      expect(await opened).toMatchObject({ seq: 7 });
+      expect(opening.logs).toEqual([[1, 2, 3], [4, 5, 6], [7]]);
+      expect(opening.snapshot).toMatchObject({ type: 'snapshot', seq: 7 });
+    } finally {
+      paged.close();
+    }
+  });
+
+  it('stops a replay whose connection closed, and leaves nothing behind', async () => {
+    const { paged, subscriber, opening, opened } = await pagedOpening(2, 6);
+    try {
+      paged.detach(subscriber);
+      expect(await opened).toBeUndefined();
+      expect(opening.snapshot).toBeUndefined();
+      expect(paged.stats()).toEqual({ subscribers: 0, rooms: 0, subscriptions: 0, waiters: 0 });
+    } finally {
+      paged.close();
+    }
+  });
+
+  it('refuses more runs, and more openings at once, than a connection may have', async () => {
+    const strict = new Hub(new MemoryBus(), runs, new Metrics(), {
+      maxQueuedBytes: 1_000_000,
+      maxRunsPerConnection: 1,
+    });
+    try {
+      const other = (await runs.create({ project_id: 'prj_1', kind: 'external', created_by: 'usr_1' }))
+        .run_id;
+      const subscriber = strict.attach(new RecordingSink('websocket'));
+      await strict.open(subscriber, runId, undefined, new RecordingOpening().asOpening());
+      await expect(
+        strict.open(subscriber, other, undefined, new RecordingOpening().asOpening()),
+      ).rejects.toMatchObject({ code: 'RATE_LIMITED' });
+      // Opening the same run again starts it over rather than counting twice.
+      await expect(
+        strict.open(subscriber, runId, 0, new RecordingOpening().asOpening()),
+      ).resolves.toMatchObject({ run_id: runId });
+    } finally {
+      strict.close();
+    }
+  });
+
+  describe('when access ends', () => {
+    const bus = new MemoryBus();
+    let guarded: Hub;
+    let readable: boolean;
+    const user = (sessionId: string, expiresAtMs = Date.now() + 3_600_000): Principal => ({
+      kind: 'user',
+      user: { user_id: 'usr_1', username: 'u', role: 'operator', password_hash: 'x', created_at: AT },
+      sessionId,
+      via: 'bearer',
+      expiresAtMs,
+    });
+
+    beforeEach(() => {
+      readable = true;
+      guarded = new Hub(bus, runs, new Metrics(), {
+        maxQueuedBytes: 1_000_000,
+        canRead: async () => readable,
+      });
+    });
+    afterEach(() => guarded.close());
+
+    async function following(principal: Principal) {
+      const sink = new RecordingSink('websocket');
+      const subscriber = guarded.attach(sink, principal);
+      await guarded.open(subscriber, runId, undefined, new RecordingOpening().asOpening());
+      return { sink, subscriber };
+    }
+
+    it('ends the connections of a session that ended, and only those', async () => {
+      const ended = await following(user('ses_a'));
+      const other = await following(user('ses_b'));
+      bus.publishAccess({ kind: 'session-ended', session_id: 'ses_a' });
+      expect(ended.sink.failed).toEqual([{ runId, code: 'UNAUTHORIZED' }]);
+      expect(ended.sink.closedWith).toBe('ACCESS_ENDED');
+      expect(other.sink.closedWith).toBeUndefined();
+      guarded.publish([logOf(runId, 1)]);
+      await nextTick();
+      expect(ended.sink.events).toEqual([]);
+      expect(other.sink.events.map((e) => e.seq)).toEqual([1]);
+    });
+
+    it('ends a run whose project the user may no longer read, after asking again', async () => {
+      const member = await following(user('ses_a'));
+      readable = true;
+      bus.publishAccess({ kind: 'membership-changed', project_id: 'prj_1', user_id: 'usr_1' });
+      await nextTick();
+      expect(member.sink.failed).toEqual([]);
+      readable = false;
+      bus.publishAccess({ kind: 'membership-changed', project_id: 'prj_1', user_id: 'usr_1' });
+      await until(() => member.sink.failed.length === 1);
+      expect(member.sink.failed).toEqual([{ runId, code: 'RUN_NOT_FOUND' }]);
+      expect(member.subscriber.hasRun(runId)).toBe(false);
+    });
+
+    it('ends a connection when its login expires', async () => {
+      vi.useFakeTimers({ toFake: ['setTimeout', 'Date'] });
+      try {
+        const expiring = await following(user('ses_a', Date.now() + 60_000));
+        vi.advanceTimersByTime(59_000);
+        expect(expiring.sink.closedWith).toBeUndefined();
+        vi.advanceTimersByTime(1_000);
+        expect(expiring.sink.failed).toEqual([{ runId, code: 'UNAUTHORIZED' }]);
+        expect(expiring.sink.closedWith).toBe('ACCESS_ENDED');
+      } finally {
+        vi.useRealTimers();
+      }
+    });
+
+    it('ends the long-polls of a revoked token with its reason', async () => {
+      const token: Principal = {
+        kind: 'token',
+        token: {
+          token_id: 'tok_1',
+          project_id: 'prj_1',
+          name: 't',
+          secret_hash: 'x',
+          created_by: 'usr_1',
+          created_at: AT,
+          revoked_at: null,
+        },
+        via: 'bearer',
+      };
+      const wait = guarded.wait(runId, 0, 10_000, token);
+      bus.publishAccess({ kind: 'token-revoked', token_id: 'tok_1' });
+      expect(await wait.done).toBe(false);
+      expect(wait.ended).toMatchObject({ code: 'UNAUTHORIZED' });
+      expect(guarded.stats().waiters).toBe(0);
+    });
   });
 });

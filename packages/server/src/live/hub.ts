@@ -1,33 +1,123 @@
-import { isTerminal, type RunEvent } from '@runcast/protocol';
-import type { Bus } from '../bus/bus.js';
+import { isTerminal, type RunEvent, type SnapshotEvent } from '@runcast/protocol';
+import type { Principal } from '../auth/principal.js';
+import type { AccessChange, Bus } from '../bus/bus.js';
+import { AppError } from '../errors.js';
 import type { Metrics, TransportName } from '../metrics.js';
-import type { RunService } from '../runs/run-service.js';
-import type { RunReplay } from '../store/store.js';
+import { toSnapshot } from '../runs/snapshot.js';
+import type { RunRecord, RunReplay } from '../store/store.js';
 import { EncodedEvent } from './encoded-event.js';
 import { FlushPacer } from './flush-pacer.js';
-import { type Sink, Subscriber, type SubscriberHooks } from './subscriber.js';
+import { type OpeningToken, type Sink, Subscriber, type SubscriberHooks } from './subscriber.js';
 
 const TRANSPORTS: readonly TransportName[] = ['websocket', 'sse', 'polling'];
+
+/** Where the Hub reads what a subscription missed: a run's logs after a cursor, a page at a time. */
+export interface ReplaySource {
+  replay(runId: string, since: number, limit: number, maxBytes?: number): Promise<RunReplay | undefined>;
+}
+
+/** Whether a principal may still read a project's runs (asked again when a membership changes). */
+export type ReadAccess = (principal: Principal, projectId: string) => Promise<boolean>;
 
 export interface HubOptions {
   /** Bytes a subscriber may have queued before it is disconnected. */
   maxQueuedBytes: number;
-  /** Most log events replayed when a subscription opens (the retention). */
-  replayLimit: number;
+  /** Most log events in one page of a replay. */
+  replayPageEvents?: number;
+  /** Most bytes (of stored event JSON) in one page of a replay; a larger single event goes alone. */
+  replayPageBytes?: number;
+  /** Runs one connection may follow at once. */
+  maxRunsPerConnection?: number;
+  /** Subscriptions one connection may be opening (replaying) at once. */
+  maxOpeningsPerConnection?: number;
+  /** Asked when a membership changes; without it, a membership change ends nothing. */
+  canRead?: ReadAccess;
   /** A monotonic clock in milliseconds; `performance.now` unless a test passes its own. */
   nowMs?: () => number;
+}
+
+/** An error that ends a run's subscription (or a whole connection) on every transport. */
+export interface AccessError {
+  code: 'UNAUTHORIZED' | 'RUN_NOT_FOUND';
+  message: string;
 }
 
 /** A pending long-poll: `done` resolves true when an event past its cursor committed. */
 export interface PollWait {
   done: Promise<boolean>;
   cancel(): void;
+  /** Set when the wait ended because the poller's access ended. */
+  readonly ended: AccessError | undefined;
+}
+
+/**
+ * How a gateway writes the opening of a subscription: the missed logs (a page at a time, each
+ * once the connection took the one before), then the snapshot; live events follow.
+ */
+export interface Opening {
+  logs(events: readonly EncodedEvent[]): void;
+  /** The snapshot at the run's current seq; `live` is false for a run already over. */
+  snapshot(event: SnapshotEvent, live: boolean): void;
+  /** Sends what `logs` and `snapshot` buffered; called before the Hub waits, and at the end. */
+  flush?(): void;
 }
 
 interface Waiter {
   afterSeq: number;
+  runId: string;
+  principal: Principal | undefined;
   wake(): void;
+  end(error: AccessError): void;
 }
+
+const PAGE_EVENTS = 500;
+const PAGE_BYTES = 256 * 1024;
+const MAX_RUNS_PER_CONNECTION = 100;
+const MAX_OPENINGS_PER_CONNECTION = 4;
+/** setTimeout's ceiling; a later expiry is checked again when the timer fires. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+const SESSION_ENDED: AccessError = { code: 'UNAUTHORIZED', message: 'your session ended; log in again' };
+const TOKEN_REVOKED: AccessError = { code: 'UNAUTHORIZED', message: 'the API token was revoked' };
+const TOKEN_EXPIRED: AccessError = { code: 'UNAUTHORIZED', message: 'your login expired; log in again' };
+
+/** The snapshot event that opens a subscription at the run's current seq. */
+export function snapshotEvent(run: RunRecord, truncated: boolean): SnapshotEvent {
+  const event: SnapshotEvent = {
+    run_id: run.run_id,
+    seq: run.seq,
+    type: 'snapshot',
+    at: new Date().toISOString(),
+    snapshot: toSnapshot(run),
+  };
+  if (truncated) event.events_truncated = true;
+  return event;
+}
+
+/** What an access change means for a principal: its access ended, must be checked again, or neither. */
+function effectOf(change: AccessChange, principal: Principal): AccessError | 'recheck' | undefined {
+  switch (change.kind) {
+    case 'session-ended':
+      return principal.kind === 'user' && principal.sessionId === change.session_id
+        ? SESSION_ENDED
+        : undefined;
+    case 'user-sessions-ended':
+      return principal.kind === 'user' && principal.user.user_id === change.user_id
+        ? SESSION_ENDED
+        : undefined;
+    case 'token-revoked':
+      return principal.kind === 'token' && principal.token.token_id === change.token_id
+        ? TOKEN_REVOKED
+        : undefined;
+    case 'membership-changed':
+      return principal.kind === 'user' && principal.user.user_id === change.user_id ? 'recheck' : undefined;
+  }
+}
+
+const runGone = (runId: string): AccessError => ({
+  code: 'RUN_NOT_FOUND',
+  message: `run ${runId} not found`,
+});
 
 interface Tally {
   events: number;
@@ -43,7 +133,14 @@ interface Tally {
  */
 export class Hub implements SubscriberHooks {
   private readonly rooms = new Map<string, Set<Subscriber>>();
+  /** The project of each run someone follows, for access checks when a membership changes. */
+  private readonly runProjects = new Map<string, string>();
   private readonly subscribers = new Set<Subscriber>();
+  /** Whose credentials each connection was opened with. */
+  private readonly principals = new Map<Subscriber, Principal>();
+  private readonly expiryTimers = new Map<Subscriber, NodeJS.Timeout>();
+  /** Subscriptions each connection is opening now. */
+  private readonly openings = new Map<Subscriber, number>();
   private readonly waiters = new Map<string, Set<Waiter>>();
   /** Subscribers that queued something since the last flush (a subscriber may appear twice). */
   private readonly dirty: Subscriber[] = [];
@@ -57,21 +154,30 @@ export class Hub implements SubscriberHooks {
   };
   private tallyScheduled = false;
   private readonly unsubscribeBus: () => void;
+  private readonly unsubscribeAccess: () => void;
 
   constructor(
     bus: Bus,
-    private readonly runs: RunService,
+    private readonly replays: ReplaySource,
     private readonly metrics: Metrics,
     private readonly options: HubOptions,
   ) {
     this.pacer = new FlushPacer(options.nowMs ?? (() => performance.now()));
     this.unsubscribeBus = bus.subscribe((events) => this.publish(events));
+    this.unsubscribeAccess = bus.subscribeAccess((change) => this.accessChanged(change));
   }
 
-  /** Registers a connection; it leaves by `detach` when it closes. */
-  attach(sink: Sink): Subscriber {
+  /**
+   * Registers a connection opened with `principal`'s credentials; it leaves by `detach` when it
+   * closes. The connection ends when those credentials do (logout, revocation, expiry).
+   */
+  attach(sink: Sink, principal?: Principal): Subscriber {
     const subscriber = new Subscriber(sink, this, this.options.maxQueuedBytes);
     this.subscribers.add(subscriber);
+    if (principal) {
+      this.principals.set(subscriber, principal);
+      if (principal.kind === 'user') this.endAtExpiry(subscriber, principal.expiresAtMs);
+    }
     this.metrics.connections.inc({ transport: sink.transport });
     return subscriber;
   }
@@ -80,41 +186,108 @@ export class Hub implements SubscriberHooks {
   detach(subscriber: Subscriber): void {
     if (!this.subscribers.delete(subscriber)) return;
     subscriber.markClosed();
+    this.principals.delete(subscriber);
+    clearTimeout(this.expiryTimers.get(subscriber));
+    this.expiryTimers.delete(subscriber);
+    this.openings.delete(subscriber);
     for (const runId of [...subscriber.runIds]) this.leave(subscriber, runId);
     this.metrics.connections.dec({ transport: subscriber.transport });
   }
 
   /**
-   * Subscribes to a run from a cursor: registers first (so nothing committed meanwhile is
-   * missed), then reads the missed logs and the snapshot in one transaction. The caller writes
-   * them, then calls `subscriber.openRun(runId, replay.run.seq)`.
+   * Opens a subscription from a cursor — the one opening sequence of every transport. Registers
+   * first (so nothing committed meanwhile is missed), then writes the missed logs a page at a
+   * time, each once the connection took the last (a client that does not read holds one page,
+   * not the run's history), then the snapshot read with the last page, then goes live. Without a
+   * cursor, only the snapshot. Answers the run as of the snapshot; throws RUN_NOT_FOUND, or
+   * RATE_LIMITED past the connection's limits. Opening a run the connection follows starts it
+   * again from the new cursor.
    */
-  async subscribe(
+  async open(
     subscriber: Subscriber,
     runId: string,
     since: number | undefined,
-  ): Promise<RunReplay | undefined> {
-    if (!subscriber.hasRun(runId)) {
-      subscriber.addRun(runId);
-      let room = this.rooms.get(runId);
-      if (!room) {
-        room = new Set();
-        this.rooms.set(runId, room);
-      }
-      room.add(subscriber);
-      this.metrics.subscriptions.inc({ transport: subscriber.transport });
+    opening: Opening,
+  ): Promise<RunRecord | undefined> {
+    const openingNow = this.openings.get(subscriber) ?? 0;
+    const maxOpenings = this.options.maxOpeningsPerConnection ?? MAX_OPENINGS_PER_CONNECTION;
+    if (openingNow >= maxOpenings) {
+      throw new AppError(
+        'RATE_LIMITED',
+        `at most ${maxOpenings} subscriptions may open at once on a connection`,
+      );
     }
-    const replay = await this.runs.replay(runId, since ?? Number.MAX_SAFE_INTEGER, this.options.replayLimit);
-    if (!replay) this.unsubscribe(subscriber, runId);
-    return replay;
+    if (subscriber.hasRun(runId)) this.leave(subscriber, runId);
+    const maxRuns = this.options.maxRunsPerConnection ?? MAX_RUNS_PER_CONNECTION;
+    if (subscriber.runCount >= maxRuns) {
+      throw new AppError('RATE_LIMITED', `a connection may follow at most ${maxRuns} runs`);
+    }
+    this.openings.set(subscriber, openingNow + 1);
+    try {
+      return await this.replayInPages(subscriber, runId, since, opening);
+    } finally {
+      const left = (this.openings.get(subscriber) ?? 1) - 1;
+      if (left > 0) this.openings.set(subscriber, left);
+      else this.openings.delete(subscriber);
+    }
   }
 
+  private async replayInPages(
+    subscriber: Subscriber,
+    runId: string,
+    since: number | undefined,
+    writer: Opening,
+  ): Promise<RunRecord | undefined> {
+    const token = this.join(subscriber, runId);
+    const limit = this.options.replayPageEvents ?? PAGE_EVENTS;
+    const maxBytes = this.options.replayPageBytes ?? PAGE_BYTES;
+    let cursor = since ?? Number.MAX_SAFE_INTEGER;
+    let truncated = false;
+    for (;;) {
+      // Each page once the connection took the one before (and whatever live went before it).
+      if (!(await subscriber.whenWritable()) || !subscriber.isOpening(runId, token)) return undefined;
+      const page = await this.replays.replay(runId, cursor, limit, maxBytes).catch((err: unknown) => {
+        if (subscriber.isOpening(runId, token)) this.leave(subscriber, runId);
+        throw err;
+      });
+      if (!page) {
+        if (subscriber.isOpening(runId, token)) this.leave(subscriber, runId);
+        throw new AppError('RUN_NOT_FOUND', `run ${runId} not found`);
+      }
+      // The connection went away, or this subscription was replaced, while the page was read.
+      if (subscriber.isClosed || !subscriber.isOpening(runId, token)) return undefined;
+      this.runProjects.set(runId, page.run.project_id);
+      // Retention may prune between pages: a cursor it passed is a gap, said so in the snapshot.
+      truncated ||= page.truncated;
+      const last = page.events[page.events.length - 1];
+      if (last) {
+        writer.logs(page.events.map((log) => new EncodedEvent(log)));
+        cursor = last.seq;
+      }
+      if (!page.more) {
+        const live = !isTerminal(page.run.status);
+        writer.snapshot(snapshotEvent(page.run, truncated), live);
+        writer.flush?.();
+        if (live) subscriber.openRun(runId, page.run.seq);
+        else this.leave(subscriber, runId);
+        return page.run;
+      }
+      writer.flush?.();
+      // One page per turn of the event loop: other requests are served between pages.
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+  }
+
+  /** Ends a connection's subscription to a run. */
   unsubscribe(subscriber: Subscriber, runId: string): void {
     this.leave(subscriber, runId);
   }
 
-  /** Waits (a long-poll) for an event of `runId` with seq > `afterSeq`, at most `timeoutMs`. */
-  wait(runId: string, afterSeq: number, timeoutMs: number): PollWait {
+  /**
+   * Waits (a long-poll) for an event of `runId` with seq > `afterSeq`, at most `timeoutMs`. A
+   * wait of a principal whose access ends meanwhile ends at once, with `ended` set.
+   */
+  wait(runId: string, afterSeq: number, timeoutMs: number, principal?: Principal): PollWait {
     let settle: (woken: boolean) => void = () => {};
     const done = new Promise<boolean>((resolve) => {
       settle = resolve;
@@ -135,11 +308,98 @@ export class Hub implements SubscriberHooks {
       this.metrics.subscriptions.dec({ transport: 'polling' });
       settle(woken);
     };
-    const waiter: Waiter = { afterSeq, wake: () => finish(true) };
+    let ended: AccessError | undefined;
+    const waiter: Waiter = {
+      afterSeq,
+      runId,
+      principal,
+      wake: () => finish(true),
+      end: (error) => {
+        ended = error;
+        finish(false);
+      },
+    };
     const timer = setTimeout(() => finish(false), timeoutMs);
     room.add(waiter);
     this.metrics.subscriptions.inc({ transport: 'polling' });
-    return { done, cancel: () => finish(false) };
+    return {
+      done,
+      cancel: () => finish(false),
+      get ended() {
+        return ended;
+      },
+    };
+  }
+
+  /** Ends what an access change ended: connections, their runs, pending long-polls. */
+  private accessChanged(change: AccessChange): void {
+    for (const [subscriber, principal] of [...this.principals]) {
+      const effect = effectOf(change, principal);
+      if (effect === 'recheck' && change.kind === 'membership-changed') {
+        void this.recheckRuns(subscriber, principal, change.project_id);
+      } else if (effect && effect !== 'recheck') {
+        this.endConnection(subscriber, effect);
+      }
+    }
+    for (const set of [...this.waiters.values()]) {
+      for (const waiter of [...set]) {
+        const effect = waiter.principal && effectOf(change, waiter.principal);
+        if (!effect || !waiter.principal) continue;
+        if (effect !== 'recheck') waiter.end(effect);
+        else if (change.kind === 'membership-changed') {
+          const principal = waiter.principal;
+          void this.readable(principal, change.project_id).then((ok) => {
+            if (!ok) waiter.end(runGone(waiter.runId));
+          });
+        }
+      }
+    }
+  }
+
+  /** After a membership change: ends the connection's runs of that project it may no longer read. */
+  private async recheckRuns(subscriber: Subscriber, principal: Principal, projectId: string): Promise<void> {
+    if (await this.readable(principal, projectId)) return;
+    for (const runId of [...subscriber.runIds]) {
+      if (this.runProjects.get(runId) !== projectId) continue;
+      this.leave(subscriber, runId);
+      subscriber.sink.runFailed(runId, runGone(runId));
+    }
+  }
+
+  private async readable(principal: Principal, projectId: string): Promise<boolean> {
+    const canRead = this.options.canRead;
+    if (!canRead) return true;
+    try {
+      return await canRead(principal, projectId);
+    } catch {
+      // Unsure is no: the client opens again, and is asked then.
+      return false;
+    }
+  }
+
+  /** Ends every run of a connection with `error`, then the connection. */
+  private endConnection(subscriber: Subscriber, error: AccessError): void {
+    if (subscriber.isClosed) return;
+    for (const runId of [...subscriber.runIds]) {
+      this.leave(subscriber, runId);
+      subscriber.sink.runFailed(runId, error);
+    }
+    subscriber.close('ACCESS_ENDED');
+    this.detach(subscriber);
+  }
+
+  private endAtExpiry(subscriber: Subscriber, expiresAtMs: number): void {
+    const delayMs = expiresAtMs - Date.now();
+    const timer = setTimeout(
+      () => {
+        this.expiryTimers.delete(subscriber);
+        if (Date.now() >= expiresAtMs) this.endConnection(subscriber, TOKEN_EXPIRED);
+        else this.endAtExpiry(subscriber, expiresAtMs);
+      },
+      Math.min(Math.max(0, delayMs), MAX_TIMER_MS),
+    );
+    timer.unref();
+    this.expiryTimers.set(subscriber, timer);
   }
 
   /** Subscribers, subscriptions and pending polls now (tests assert cleanup with it). */
@@ -163,6 +423,7 @@ export class Hub implements SubscriberHooks {
 
   close(): void {
     this.unsubscribeBus();
+    this.unsubscribeAccess();
     this.closeAll('SERVER_SHUTDOWN');
   }
 
@@ -254,6 +515,20 @@ export class Hub implements SubscriberHooks {
     this.leaveRoom(subscriber, runId);
   }
 
+  /** Adds the run to the connection (opening) and to the run's room; answers the opening's token. */
+  private join(subscriber: Subscriber, runId: string): OpeningToken {
+    const token = subscriber.addRun(runId);
+    let room = this.rooms.get(runId);
+    if (!room) {
+      room = new Set();
+      this.rooms.set(runId, room);
+    }
+    if (room.has(subscriber)) return token;
+    room.add(subscriber);
+    this.metrics.subscriptions.inc({ transport: subscriber.transport });
+    return token;
+  }
+
   private leave(subscriber: Subscriber, runId: string): void {
     subscriber.removeRun(runId);
     this.leaveRoom(subscriber, runId);
@@ -262,7 +537,10 @@ export class Hub implements SubscriberHooks {
   private leaveRoom(subscriber: Subscriber, runId: string): void {
     const room = this.rooms.get(runId);
     if (!room?.delete(subscriber)) return;
-    if (room.size === 0) this.rooms.delete(runId);
+    if (room.size === 0) {
+      this.rooms.delete(runId);
+      this.runProjects.delete(runId);
+    }
     this.metrics.subscriptions.dec({ transport: subscriber.transport });
   }
 }

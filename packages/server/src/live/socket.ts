@@ -1,18 +1,18 @@
 import type { Server as HttpServer } from 'node:http';
-import { isTerminal, SOCKET_EVENTS, type SubscribeAck, SubscribeRequest } from '@runcast/protocol';
+import { SOCKET_EVENTS, type SubscribeAck, SubscribeRequest } from '@runcast/protocol';
 import { Server, type Socket } from 'socket.io';
 import { Encoder, PacketType } from 'socket.io-parser';
 import { Compile } from 'typebox/compile';
 import * as ws from 'ws';
-import type { Authenticator } from '../auth/authenticator.js';
+import type { Authenticator, Credentials } from '../auth/authenticator.js';
 import type { Policy } from '../auth/policy.js';
 import type { Principal } from '../auth/principal.js';
 import { AppError } from '../errors.js';
 import type { Metrics } from '../metrics.js';
-import { EncodedEvent } from './encoded-event.js';
+import type { EncodedEvent } from './encoded-event.js';
 import type { Hub } from './hub.js';
-import { snapshotEvent } from './sse.js';
-import type { DisconnectReason, Sink } from './subscriber.js';
+import { failureOf } from './sse.js';
+import type { DisconnectReason, RunFailure, Sink } from './subscriber.js';
 
 export interface SocketGatewayOptions {
   hub: Hub;
@@ -27,6 +27,8 @@ export interface SocketGatewayOptions {
 
 interface SocketData {
   principal: Principal;
+  /** The handshake's credentials, checked again at every subscribe. */
+  credentials: Credentials;
 }
 
 // Internals of socket.io / engine.io / ws this gateway relies on, named in one place. Events go
@@ -131,7 +133,16 @@ class SocketSink implements Sink {
 
   runEnded(): void {}
 
+  runFailed(runId: string, failure: RunFailure): void {
+    this.socket.emit(SOCKET_EVENTS.runEvent, { run_id: runId, type: 'error', error: failure });
+  }
+
   close(reason: DisconnectReason): void {
+    if (reason === 'ACCESS_ENDED') {
+      // A server-side disconnect: Socket.IO clients do not reconnect by themselves after it.
+      this.socket.disconnect(true);
+      return;
+    }
     if (reason === 'SERVER_SHUTDOWN') this.socket.emit(SOCKET_EVENTS.reconnect, { reason });
     // Closing the transport (rather than a server-side `disconnect`) makes clients reconnect.
     this.engine.close(reason === 'SLOW_CONSUMER');
@@ -141,8 +152,7 @@ class SocketSink implements Sink {
 const validSubscribe = Compile(SubscribeRequest);
 
 function refusal(err: unknown): SubscribeAck {
-  if (err instanceof AppError) return { ok: false, error: { code: err.code, message: err.message } };
-  return { ok: false, error: { code: 'INTERNAL', message: 'internal error' } };
+  return { ok: false, error: failureOf(err) };
 }
 
 /** The Socket.IO gateway on the server's HTTP server, WebSocket transport only. */
@@ -161,12 +171,13 @@ export function attachSocketGateway(httpServer: HttpServer, options: SocketGatew
     const handshake = socket.handshake;
     const auth = (handshake.auth ?? {}) as Record<string, unknown>;
     const cookieHeader = handshake.headers.cookie;
+    const credentials: Credentials = {
+      authorization: handshake.headers.authorization,
+      token: typeof auth.token === 'string' ? auth.token : undefined,
+      cookies: cookieHeader ? options.parseCookies(cookieHeader) : undefined,
+    };
     authenticator
-      .authenticate({
-        authorization: handshake.headers.authorization,
-        token: typeof auth.token === 'string' ? auth.token : undefined,
-        cookies: cookieHeader ? options.parseCookies(cookieHeader) : undefined,
-      })
+      .authenticate(credentials)
       .then((principal) => {
         if (!principal) throw new AppError('UNAUTHORIZED', 'send a token in the handshake auth or log in');
         if (principal.via === 'cookie') {
@@ -178,6 +189,7 @@ export function attachSocketGateway(httpServer: HttpServer, options: SocketGatew
           }
         }
         socket.data.principal = principal;
+        socket.data.credentials = credentials;
         metrics.recordClientReport(auth.transport ?? 'websocket', auth.fallback_from, auth.fallback_reason);
         next();
       })
@@ -189,7 +201,7 @@ export function attachSocketGateway(httpServer: HttpServer, options: SocketGatew
 
   io.on('connection', (socket) => {
     const sink = new SocketSink(socket, () => subscriber.flush());
-    const subscriber = hub.attach(sink);
+    const subscriber = hub.attach(sink, socket.data.principal);
     const engine = socket.conn as unknown as EngineSocket;
     // What the Hub queued while engine.io was writing goes out once engine.io is done.
     const onReady = () => subscriber.flush();
@@ -206,22 +218,21 @@ export function attachSocketGateway(httpServer: HttpServer, options: SocketGatew
         return;
       }
       const { run_id, since } = payload;
-      policy
-        .requireRun(socket.data.principal, run_id)
-        .then(() => hub.subscribe(subscriber, run_id, since))
-        .then((replay) => {
-          if (!replay) throw new AppError('RUN_NOT_FOUND', `run ${run_id} not found`);
-          if (!socket.connected) return;
-          // First the missed logs, then the snapshot (the ack), then live events.
-          sink.write(replay.events.map((log) => new EncodedEvent(log)));
-          answer({ ok: true, snapshot: snapshotEvent(replay) });
-          if (isTerminal(replay.run.status)) hub.unsubscribe(subscriber, run_id);
-          else subscriber.openRun(run_id, replay.run.seq);
+      // Checked again at every subscribe: credentials that ended since the handshake open nothing.
+      authenticator
+        .authenticate(socket.data.credentials)
+        .then((principal) => {
+          if (!principal) throw new AppError('UNAUTHORIZED', 'log in again');
+          return policy.requireRun(principal, run_id);
         })
-        .catch((err: unknown) => {
-          hub.unsubscribe(subscriber, run_id);
-          answer(refusal(err));
-        });
+        .then(() =>
+          hub.open(subscriber, run_id, since, {
+            // First the missed logs, then the snapshot (the ack), then live events.
+            logs: (events) => sink.write(events),
+            snapshot: (event) => answer({ ok: true, snapshot: event }),
+          }),
+        )
+        .catch((err: unknown) => answer(refusal(err)));
     });
 
     socket.on(SOCKET_EVENTS.unsubscribe, (payload: unknown) => {

@@ -1,19 +1,25 @@
 import type { ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
-import { isTerminal, RunId, type SnapshotEvent } from '@runcast/protocol';
+import { isTerminal, RunId, SSE_RUN_ERROR } from '@runcast/protocol';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { Type } from 'typebox';
 import { requirePrincipal } from '../auth/plugin.js';
 import type { Policy } from '../auth/policy.js';
+import type { Principal } from '../auth/principal.js';
 import { AppError } from '../errors.js';
 import type { ConnectionDrain } from '../http/drain.js';
 import type { Metrics } from '../metrics.js';
-import { toSnapshot } from '../runs/snapshot.js';
-import type { RunReplay } from '../store/store.js';
+import type { RunRecord } from '../store/store.js';
 import { EncodedEvent } from './encoded-event.js';
-import type { Hub } from './hub.js';
-import type { DisconnectReason, Sink, Subscriber } from './subscriber.js';
+import type { Hub, Opening } from './hub.js';
+import type { DisconnectReason, RunFailure, Sink, Subscriber } from './subscriber.js';
+
+/** What the client is told when opening a run failed: the contract's code, or INTERNAL. */
+export function failureOf(err: unknown): RunFailure {
+  if (err instanceof AppError) return { code: err.code, message: err.message };
+  return { code: 'INTERNAL', message: 'internal error' };
+}
 
 export interface SseOptions {
   hub: Hub;
@@ -28,19 +34,6 @@ export interface SseOptions {
 
 const RUN_ID = /^run_[0-9A-HJKMNP-TV-Z]{26}$/;
 const MAX_RUNS_PER_STREAM = 100;
-
-/** The snapshot event that opens a subscription at the run's current seq. */
-export function snapshotEvent(replay: RunReplay): SnapshotEvent {
-  const event: SnapshotEvent = {
-    run_id: replay.run.run_id,
-    seq: replay.run.seq,
-    type: 'snapshot',
-    at: new Date().toISOString(),
-    snapshot: toSnapshot(replay.run),
-  };
-  if (replay.truncated) event.events_truncated = true;
-  return event;
-}
 
 /**
  * One SSE response as a Hub sink. A multiplexed stream's id is the cursor of every run it
@@ -59,10 +52,14 @@ class SseSink implements Sink {
    */
   private direct: Socket | undefined;
 
+  private written = false;
+
   constructor(
     private readonly res: ServerResponse,
     multiplexed: Map<string, number | undefined> | undefined,
     private readonly retryMs: number,
+    /** Called whenever the connection takes writes again after a full buffer. */
+    private readonly drained: () => void,
   ) {
     if (multiplexed) {
       this.cursors = new Map();
@@ -70,14 +67,11 @@ class SseSink implements Sink {
     }
   }
 
-  /**
-   * Writes the opening (headers, `retry`, replay and snapshots) and from then on calls `drained`
-   * whenever the connection takes writes again after a full buffer.
-   */
-  open(opening: string, drained: () => void): void {
+  /** Sets up direct writes and drain notifications once the response has started. */
+  private started(): void {
     const res = this.res;
-    res.write(opening);
     const socket = res.socket;
+    const drained = this.drained;
     if (!this.cursors && socket && res.chunkedEncoding) {
       // Once the response has written its headers to its own connection, a chunk written to the
       // socket is exactly what `res.write` sends, in one write: `res.write` corks the socket,
@@ -92,6 +86,14 @@ class SseSink implements Sink {
 
   follow(runId: string): void {
     this.openRuns.add(runId);
+  }
+
+  unfollow(runId: string): void {
+    this.openRuns.delete(runId);
+  }
+
+  get following(): number {
+    return this.openRuns.size;
   }
 
   isBusy(): boolean {
@@ -123,8 +125,14 @@ class SseSink implements Sink {
     this.res.write(chunk);
   }
 
+  /** Writes through the response (headers first, on the first write). */
   writeRaw(chunk: string): void {
-    if (!this.ended) this.res.write(chunk);
+    if (this.ended) return;
+    this.res.write(chunk);
+    if (!this.written) {
+      this.written = true;
+      this.started();
+    }
   }
 
   runEnded(runId: string): void {
@@ -132,8 +140,21 @@ class SseSink implements Sink {
     if (this.openRuns.size === 0) this.end();
   }
 
+  runFailed(runId: string, failure: RunFailure): void {
+    // No id: the stream's cursor stays where the last event of the run left it.
+    this.writeRaw(
+      `event: ${SSE_RUN_ERROR}\ndata: ${JSON.stringify({ run_id: runId, type: 'error', error: failure })}\n\n`,
+    );
+    this.runEnded(runId);
+  }
+
   close(reason: DisconnectReason): void {
     if (this.ended) return;
+    if (reason === 'ACCESS_ENDED') {
+      // Every run was told why (`runFailed`); nothing to resume.
+      this.end();
+      return;
+    }
     if (reason === 'SLOW_CONSUMER') {
       // The client is not reading: nothing more can be written; it resumes from its last id.
       this.ended = true;
@@ -158,8 +179,11 @@ class SseSink implements Sink {
 /** Parses `Last-Event-ID`: a bare seq on the single-run stream. */
 function parseSeq(raw: string | undefined, what: string): number | undefined {
   if (raw === undefined || raw === '') return undefined;
-  if (!/^\d{1,16}$/.test(raw)) throw new AppError('INVALID_INPUT', `${what} must be a non-negative integer`);
-  return Number(raw);
+  const seq = /^\d{1,16}$/.test(raw) ? Number(raw) : Number.NaN;
+  if (!Number.isSafeInteger(seq)) {
+    throw new AppError('INVALID_INPUT', `${what} must be an integer from 0 to ${Number.MAX_SAFE_INTEGER}`);
+  }
+  return seq;
 }
 
 /** Parses `<run_id>:<seq>,…` cursors of the multiplexed stream. */
@@ -167,10 +191,11 @@ function parseCursors(raw: string | undefined, what: string, into: Map<string, n
   if (raw === undefined || raw === '') return;
   for (const part of raw.split(',')) {
     const match = /^(run_[0-9A-HJKMNP-TV-Z]{26}):(\d{1,16})$/.exec(part.trim());
-    if (!match?.[1] || match[2] === undefined) {
+    const seq = Number(match?.[2]);
+    if (!match?.[1] || !Number.isSafeInteger(seq)) {
       throw new AppError('INVALID_INPUT', `${what} must be <run_id>:<seq>[,…], got "${part}"`);
     }
-    into.set(match[1], Number(match[2]));
+    into.set(match[1], seq);
   }
 }
 
@@ -199,68 +224,67 @@ export const sseRoutes: FastifyPluginAsyncTypebox<SseOptions> = async (app, opti
   app.addHook('onClose', async () => clearInterval(keepalive));
 
   /**
-   * Opens the stream: subscribes to every run from its cursor, then writes `retry`, the replayed
-   * logs and the snapshots in the first write. Answers 204 when every run is already over and
-   * the client has its final seq.
+   * Opens the stream: answers 204 when every run is already over and the client has its final
+   * seq; otherwise writes `retry`, then opens each run through the Hub (missed logs, a page at a
+   * time, then its snapshot) — all in the first write when the replay is small — then goes live.
    */
   async function stream(
     request: FastifyRequest,
     reply: FastifyReply,
+    principal: Principal,
+    runs: readonly RunRecord[],
     cursors: Map<string, number | undefined>,
     multiplexed: boolean,
   ): Promise<unknown> {
     metrics.recordClientHeaders(request.headers);
-    const res = reply.raw;
-    const sink = new SseSink(res, multiplexed ? cursors : undefined, options.retryMs);
-    const subscriber: Subscriber = hub.attach(sink);
-    const replays: RunReplay[] = [];
-    try {
-      for (const [runId, since] of cursors) {
-        const replay = await hub.subscribe(subscriber, runId, since);
-        if (!replay) throw new AppError('RUN_NOT_FOUND', `run ${runId} not found`);
-        replays.push(replay);
-      }
-    } catch (err) {
-      hub.detach(subscriber);
-      throw err;
-    }
-    const finished = (replay: RunReplay) => {
-      const since = cursors.get(replay.run.run_id);
-      return isTerminal(replay.run.status) && since !== undefined && since >= replay.run.seq;
+    const finished = (run: RunRecord) => {
+      const since = cursors.get(run.run_id);
+      return isTerminal(run.status) && since !== undefined && since >= run.seq;
     };
-    if (replays.every(finished)) {
-      hub.detach(subscriber);
-      return reply.code(204).send();
-    }
+    const pending = runs.filter((run) => !finished(run));
+    if (pending.length === 0) return reply.code(204).send();
     reply.hijack();
+    const res = reply.raw;
     options.drain.track(res);
     res.writeHead(200, SSE_HEADERS);
-    let opening = `retry: ${options.retryMs}\n\n`;
-    const live: RunReplay[] = [];
-    for (const replay of replays) {
-      if (finished(replay)) {
-        hub.unsubscribe(subscriber, replay.run.run_id);
-        continue;
-      }
-      for (const log of replay.events) opening += sink.frame(new EncodedEvent(log));
-      opening += sink.frame(new EncodedEvent(snapshotEvent(replay)));
-      if (isTerminal(replay.run.status)) hub.unsubscribe(subscriber, replay.run.run_id);
-      else live.push(replay);
-    }
+    const sink = new SseSink(res, multiplexed ? cursors : undefined, options.retryMs, () =>
+      subscriber.flush(),
+    );
+    const subscriber: Subscriber = hub.attach(sink, principal);
     sinks.add(sink);
-    sink.open(opening, () => subscriber.flush());
     res.on('close', () => {
       sinks.delete(sink);
       hub.detach(subscriber);
     });
-    if (live.length === 0) {
-      sink.end();
-      return reply;
+    let buffered = `retry: ${options.retryMs}\n\n`;
+    const opening: Opening = {
+      logs(events) {
+        for (const event of events) buffered += sink.frame(event);
+      },
+      snapshot(event, live) {
+        buffered += sink.frame(new EncodedEvent(event));
+        if (!live) sink.unfollow(event.run_id);
+      },
+      flush() {
+        if (buffered === '') return;
+        sink.writeRaw(buffered);
+        buffered = '';
+      },
+    };
+    // Followed from the start, so that a run ending while another still opens keeps the stream.
+    for (const run of pending) sink.follow(run.run_id);
+    for (const run of pending) {
+      try {
+        await hub.open(subscriber, run.run_id, cursors.get(run.run_id), opening);
+      } catch (err) {
+        if (subscriber.isClosed) break;
+        opening.flush?.();
+        sink.runFailed(run.run_id, failureOf(err));
+      }
+      if (subscriber.isClosed || sink.isEnded) return reply;
     }
-    for (const replay of live) {
-      sink.follow(replay.run.run_id);
-      subscriber.openRun(replay.run.run_id, replay.run.seq);
-    }
+    opening.flush?.();
+    if (sink.following === 0) sink.end();
     return reply;
   }
 
@@ -278,9 +302,10 @@ export const sseRoutes: FastifyPluginAsyncTypebox<SseOptions> = async (app, opti
     },
     async (request, reply) => {
       const { run_id } = request.params;
-      await policy.requireRun(requirePrincipal(request), run_id);
+      const principal = requirePrincipal(request);
+      const run = await policy.requireRun(principal, run_id);
       const since = parseSeq(header(request, 'last-event-id'), 'Last-Event-ID') ?? request.query.since;
-      return stream(request, reply, new Map([[run_id, since]]), false);
+      return stream(request, reply, principal, [run], new Map([[run_id, since]]), false);
     },
   );
 
@@ -311,8 +336,9 @@ export const sseRoutes: FastifyPluginAsyncTypebox<SseOptions> = async (app, opti
       parseCursors(request.query.since, 'since', given);
       // EventSource resends only the last id it saw: it moves that one run's cursor.
       parseCursors(header(request, 'last-event-id'), 'Last-Event-ID', given);
-      for (const runId of runIds) await policy.requireRun(principal, runId);
-      return stream(request, reply, new Map(runIds.map((id) => [id, given.get(id)])), true);
+      const runs: RunRecord[] = [];
+      for (const runId of runIds) runs.push(await policy.requireRun(principal, runId));
+      return stream(request, reply, principal, runs, new Map(runIds.map((id) => [id, given.get(id)])), true);
     },
   );
 };

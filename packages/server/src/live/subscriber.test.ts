@@ -18,6 +18,9 @@ class FakeSink implements Sink {
   runEnded(runId: string) {
     this.ended.push(runId);
   }
+  runFailed(runId: string) {
+    this.ended.push(`failed:${runId}`);
+  }
   close(reason: DisconnectReason) {
     this.closedWith = reason;
   }

@@ -2,7 +2,19 @@ import type { TransportName } from '../metrics.js';
 import type { EncodedEvent } from './encoded-event.js';
 
 /** Why the server ended a subscriber's connection. */
-export type DisconnectReason = 'SLOW_CONSUMER' | 'SERVER_SHUTDOWN' | 'RUN_ENDED' | 'CLIENT_CLOSED';
+export type DisconnectReason =
+  | 'SLOW_CONSUMER'
+  | 'SERVER_SHUTDOWN'
+  | 'RUN_ENDED'
+  | 'CLIENT_CLOSED'
+  /** The credentials the connection was opened with ended (its runs were told why first). */
+  | 'ACCESS_ENDED';
+
+/** Why a run's subscription ended for good, as the client is told. */
+export interface RunFailure {
+  code: string;
+  message: string;
+}
 
 /** The transport end of a subscriber: how one connection is written to. */
 export interface Sink {
@@ -19,6 +31,11 @@ export interface Sink {
   write(events: readonly EncodedEvent[]): void;
   /** Called after `write` delivered the terminal update of a run. */
   runEnded(runId: string): void;
+  /**
+   * The run's subscription ended for good (access to it ended): tell the client why. Nothing of
+   * the run is written after it.
+   */
+  runFailed(runId: string, failure: RunFailure): void;
   /** Ends the connection. */
   close(reason: DisconnectReason): void;
 }
@@ -32,6 +49,9 @@ export interface SubscriberHooks {
   onOverflow(subscriber: Subscriber): void;
   onRunEnded(subscriber: Subscriber, runId: string): void;
 }
+
+/** Identifies one opening of a run on a connection (a run opened again gets a new one). */
+export type OpeningToken = object;
 
 interface RunState {
   open: boolean;
@@ -62,6 +82,8 @@ export class Subscriber {
   private queuedBytes = 0;
   private earlyBytes = 0;
   private closed = false;
+  /** Openings waiting for the connection to take more (see `whenWritable`). */
+  private writableWaiters: ((writable: boolean) => void)[] = [];
 
   constructor(
     readonly sink: Sink,
@@ -85,16 +107,41 @@ export class Subscriber {
     return this.runs.has(runId);
   }
 
+  /** Runs followed or being opened. */
+  get runCount(): number {
+    return this.runs.size;
+  }
+
+  /** True while the opening `token` of the run is still under way (not replaced, not open). */
+  isOpening(runId: string, token: OpeningToken): boolean {
+    const state = this.runs.get(runId);
+    return state === token && !state.open;
+  }
+
+  /**
+   * Resolves true once the connection takes writes and nothing live waits before them (false if
+   * it closes first): a replay writes its next page then, so a client that does not read holds
+   * one page, not the whole history.
+   */
+  whenWritable(): Promise<boolean> {
+    if (this.closed) return Promise.resolve(false);
+    if (this.queue.length === this.holes && !this.sink.isBusy()) return Promise.resolve(true);
+    return new Promise((resolve) => this.writableWaiters.push(resolve));
+  }
+
   /** Bytes waiting to be written (for tests and metrics). */
   get backlogBytes(): number {
     return this.queuedBytes + this.earlyBytes;
   }
 
-  /** Starts following a run; live events are held until `openRun`. */
-  addRun(runId: string): void {
-    if (!this.runs.has(runId)) {
-      this.runs.set(runId, { open: false, lastSeq: -1, early: [], pending: undefined, pendingAt: -1 });
+  /** Starts following a run (or answers the opening under way); live events are held until `openRun`. */
+  addRun(runId: string): OpeningToken {
+    let state = this.runs.get(runId);
+    if (!state) {
+      state = { open: false, lastSeq: -1, early: [], pending: undefined, pendingAt: -1 };
+      this.runs.set(runId, state);
     }
+    return state;
   }
 
   /**
@@ -120,6 +167,14 @@ export class Subscriber {
     this.runs.delete(runId);
     this.dropPending(state);
     for (const event of state.early) this.earlyBytes -= event.size;
+    // Whatever of the run is still queued stays unwritten: the subscription is over.
+    for (let i = 0; i < this.queue.length; i++) {
+      const event = this.queue[i];
+      if (event?.runId !== runId) continue;
+      this.queue[i] = undefined;
+      this.holes++;
+      this.queuedBytes -= event.size;
+    }
     return true;
   }
 
@@ -183,8 +238,14 @@ export class Subscriber {
 
   /** Writes everything queued in one write, unless the connection is still busy. */
   flush(): void {
-    if (this.closed || this.queue.length === 0) return;
+    if (this.closed) return;
     if (this.sink.isBusy()) return; // the sink's drain calls flush again
+    if (this.queue.length === this.holes) {
+      this.queue.length = 0;
+      this.holes = 0;
+      this.wakeWritable(true);
+      return;
+    }
     const queue = this.queue;
     const holes = this.holes;
     // A flush the write itself might start (a synchronous drain) finds no spare and allocates.
@@ -207,6 +268,7 @@ export class Subscriber {
     }
     queue.length = 0;
     this.spare = queue;
+    if (this.queue.length === 0 && !this.sink.isBusy()) this.wakeWritable(true);
   }
 
   /** Ends the connection (idempotent). */
@@ -216,9 +278,17 @@ export class Subscriber {
     this.sink.close(reason);
   }
 
+  private wakeWritable(writable: boolean): void {
+    if (this.writableWaiters.length === 0) return;
+    const waiters = this.writableWaiters;
+    this.writableWaiters = [];
+    for (const resolve of waiters) resolve(writable);
+  }
+
   /** Marks the subscriber closed after its connection went away by itself. */
   markClosed(): void {
     this.closed = true;
+    this.wakeWritable(false);
     this.queue = [];
     this.spare = undefined;
     this.holes = 0;

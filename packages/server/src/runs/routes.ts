@@ -35,6 +35,11 @@ export interface RunRoutesOptions {
 const RunParams = Type.Object({ run_id: RunId });
 const Seq = Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER });
 const MAX_WAIT_S = 30;
+/**
+ * Most bytes of events in one answer (`/events`, `/progress?since=`): a run of large logs is read
+ * a page at a time (`events_more`, `next_since`) instead of one body the size of its history.
+ */
+const EVENTS_PAGE_BYTES = 1024 * 1024;
 
 /** The seq named by an `If-None-Match` header (`"12"` or `W/"12"`), if it names exactly one. */
 export function etagSeq(header: string | undefined): number | undefined {
@@ -142,7 +147,12 @@ export const runRoutes: FastifyPluginAsyncTypebox<RunRoutesOptions> = async (app
     since: number | undefined,
     longPoll: boolean,
   ): Promise<ProgressResponse | FastifyReply> {
-    const replay = await runs.replay(runId, since ?? Number.MAX_SAFE_INTEGER, options.eventsPageLimit);
+    const replay = await runs.replay(
+      runId,
+      since ?? Number.MAX_SAFE_INTEGER,
+      options.eventsPageLimit,
+      EVENTS_PAGE_BYTES,
+    );
     if (!replay) throw new AppError('RUN_NOT_FOUND', `run ${runId} not found`);
     const { run } = replay;
     reply.header('etag', etagOf(run.seq)).header('cache-control', 'no-cache');
@@ -163,7 +173,8 @@ export const runRoutes: FastifyPluginAsyncTypebox<RunRoutesOptions> = async (app
     { schema: { params: RunParams, querystring: progressQuery, tags: ['runs'] } },
     async (request, reply) => {
       const { run_id } = request.params;
-      const run = await policy.requireRun(requirePrincipal(request), run_id);
+      const principal = requirePrincipal(request);
+      const run = await policy.requireRun(principal, run_id);
       metrics.recordClientHeaders(request.headers);
       const { since, wait = 0 } = request.query;
       // The common poll — nothing new since the client's ETag — is answered from the run the
@@ -173,7 +184,7 @@ export const runRoutes: FastifyPluginAsyncTypebox<RunRoutesOptions> = async (app
       }
       const cursor = since ?? etagSeq(request.headers['if-none-match']);
       if (wait > 0 && cursor !== undefined && run.seq <= cursor && !isTerminal(run.status)) {
-        const pending = hub.wait(run_id, cursor, wait * 1000);
+        const pending = hub.wait(run_id, cursor, wait * 1000, principal);
         // The connection may go away while we wait; stop waiting for it then.
         const onClose = () => pending.cancel();
         request.raw.once('close', onClose);
@@ -182,6 +193,8 @@ export const runRoutes: FastifyPluginAsyncTypebox<RunRoutesOptions> = async (app
         if (current && current.seq > cursor) pending.cancel();
         else await pending.done;
         request.raw.off('close', onClose);
+        // Access ended while the poll waited (logout, revocation, membership removed).
+        if (pending.ended) throw new AppError(pending.ended.code, pending.ended.message);
       }
       return answerProgress(request, reply, run_id, since, wait > 0);
     },
@@ -231,7 +244,7 @@ export const runRoutes: FastifyPluginAsyncTypebox<RunRoutesOptions> = async (app
       await policy.requireRun(requirePrincipal(request), run_id);
       const since = request.query.since ?? 0;
       const limit = Math.min(request.query.limit ?? options.eventsPageLimit, options.eventsPageLimit);
-      const replay = await runs.replay(run_id, since, limit);
+      const replay = await runs.replay(run_id, since, limit, EVENTS_PAGE_BYTES);
       if (!replay) throw new AppError('RUN_NOT_FOUND', `run ${run_id} not found`);
       const last = replay.events[replay.events.length - 1];
       return {

@@ -143,9 +143,9 @@ export class RunService {
     return this.store.listRuns(query);
   }
 
-  /** The run and its log events after `since`, read consistently. */
-  replay(runId: string, since: number, limit: number): Promise<RunReplay | undefined> {
-    return this.store.replay(runId, since, limit);
+  /** The run and its log events after `since` (a page: `limit` events, about `maxBytes`), read consistently. */
+  replay(runId: string, since: number, limit: number, maxBytes?: number): Promise<RunReplay | undefined> {
+    return this.store.replay(runId, since, limit, maxBytes);
   }
 
   /**

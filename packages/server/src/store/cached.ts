@@ -249,8 +249,8 @@ export class CachedStore implements Store, CachedRecords {
     return result;
   }
 
-  replay(runId: string, since: number, limit: number): Promise<RunReplay | undefined> {
-    return this.inner.replay(runId, since, limit);
+  replay(runId: string, since: number, limit: number, maxBytes?: number): Promise<RunReplay | undefined> {
+    return this.inner.replay(runId, since, limit, maxBytes);
   }
 }
 

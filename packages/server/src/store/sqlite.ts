@@ -600,19 +600,34 @@ export class SqliteStore implements Store {
     }
   }
 
-  async replay(runId: string, since: number, limit: number): Promise<RunReplay | undefined> {
+  async replay(
+    runId: string,
+    since: number,
+    limit: number,
+    maxBytes = Number.POSITIVE_INFINITY,
+  ): Promise<RunReplay | undefined> {
     return this.db
       .transaction((): RunReplay | undefined => {
         const row = this.sql.run.get(runId) as RunRow | undefined;
         if (!row) return undefined;
-        const rows = this.sql.eventsAfter.all(runId, since, limit + 1) as EventRow[];
-        const more = rows.length > limit;
-        return {
-          run: rowToRun(row),
-          events: (more ? rows.slice(0, limit) : rows).map(rowToEvent),
-          truncated: since < row.pruned_through_seq,
-          more,
-        };
+        const events: LogEvent[] = [];
+        let bytes = 0;
+        let more = false;
+        // Row by row, so that a page of large events stops at its byte budget instead of reading
+        // (and holding) everything up to `limit`.
+        for (const event of this.sql.eventsAfter.iterate(
+          runId,
+          since,
+          limit + 1,
+        ) as IterableIterator<EventRow>) {
+          if (events.length === limit || (events.length > 0 && bytes + event.body.length > maxBytes)) {
+            more = true;
+            break;
+          }
+          bytes += event.body.length;
+          events.push(rowToEvent(event));
+        }
+        return { run: rowToRun(row), events, truncated: since < row.pruned_through_seq, more };
       })
       .deferred();
   }

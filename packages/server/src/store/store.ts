@@ -165,6 +165,9 @@ export interface Store {
     change: (current: RunRecord) => RunChange,
     options?: CommitOptions,
   ): Promise<CommitResult>;
-  /** The run and its log events with seq > `since` (at most `limit`), read in one transaction. */
-  replay(runId: string, since: number, limit: number): Promise<RunReplay | undefined>;
+  /**
+   * The run and its log events with seq > `since`, read in one transaction: at most `limit`
+   * events, and no more once their stored JSON passed `maxBytes` (the first event always comes).
+   */
+  replay(runId: string, since: number, limit: number, maxBytes?: number): Promise<RunReplay | undefined>;
 }

@@ -28,9 +28,11 @@ export function ConnectionIndicator({ connection, lastEventAt }: ConnectionIndic
     ? `${look.icon} ${look.label}`
     : connection.state === 'closed'
       ? '⛔ Disconnected'
-      : connection.state === 'idle'
-        ? '○ Idle'
-        : '⏳ Reconnecting…';
+      : connection.state === 'unauthorized'
+        ? '🔒 Signed out'
+        : connection.state === 'idle'
+          ? '○ Idle'
+          : '⏳ Reconnecting…';
   const tone = look?.tone ?? 'offline';
   const announcement = look ? `Live updates over ${look.label}` : `Live updates: ${text.slice(2)}`;
   return (

@@ -24,6 +24,7 @@ import type { Config } from './config.js';
 import { AppError } from './errors.js';
 import { ConnectionDrain, waitUntil } from './http/drain.js';
 import { registerErrorHandling, sendError } from './http/error-handler.js';
+import { registerJsonBodyParser } from './http/json-body.js';
 import { createValidatorCompiler } from './http/validation.js';
 import { Hub } from './live/hub.js';
 import { attachSocketGateway } from './live/socket.js';
@@ -177,6 +178,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   app.setValidatorCompiler(createValidatorCompiler());
   // JSON only: a text/plain body is what a cross-site form can send without a preflight.
   app.removeContentTypeParser('text/plain');
+  registerJsonBodyParser(app);
   registerErrorHandling(app);
 
   const bus = new MemoryBus((err) => app.log.error({ err }, 'bus listener failed'));

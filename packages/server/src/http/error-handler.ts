@@ -1,4 +1,4 @@
-import { type ErrorBody, isErrorCode } from '@runcast/protocol';
+import { type ErrorBody, isErrorCode, JSON_BOUNDS_KEYWORD } from '@runcast/protocol';
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { AppError } from '../errors.js';
 
@@ -16,7 +16,9 @@ function toAppError(err: FastifyError): AppError {
   if (err instanceof AppError) return err;
   if (err.validation) {
     const where = err.validationContext ?? 'request';
-    const first = err.validation[0];
+    // In a union (one log entry or a batch) the first error may be the other branch's complaint;
+    // a free-form field out of bounds is the one worth naming.
+    const first = err.validation.find((e) => e.keyword === JSON_BOUNDS_KEYWORD) ?? err.validation[0];
     const path = first?.instancePath ? `${where}${first.instancePath.replaceAll('/', '.')}` : where;
     const extra =
       first?.keyword === 'additionalProperties'

@@ -1,3 +1,4 @@
+import { connect } from 'node:net';
 import { FREE_FORM_BOUNDS } from '@runcast/protocol';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -7,9 +8,11 @@ import {
   type TestServer,
   type World,
 } from '../../packages/server/src/test-support/server.js';
+import { within } from '../support/async.js';
 
 // Input built to hurt: nesting that would exhaust the stack when a replay serializes it, numbers
-// and strings that storage would keep as something else than what was acknowledged. Each is refused with the contract's error, and nothing is stored.
+// and strings that storage would keep as something else than what was acknowledged, and requests
+// Node's HTTP parser refuses. Each is refused with the contract's error, and nothing is stored.
 
 const DEPTH = FREE_FORM_BOUNDS.logData.depth;
 
@@ -27,6 +30,31 @@ function expectError(answer: Answer, status: number, code: string): void {
   expect(answer.status, JSON.stringify(answer.body).slice(0, 300)).toBe(status);
   expect(answer.headers.get('content-type') ?? '').toMatch(/^application\/json/);
   expect(answer.body).toEqual({ error: { code, message: expect.any(String) } });
+}
+
+/** Sends raw bytes on a fresh connection; resolves with everything the server sent until it closed. */
+function rawRequest(url: string, bytes: string | Buffer): Promise<string> {
+  const { hostname, port } = new URL(url);
+  return within(
+    new Promise<string>((resolve, reject) => {
+      const socket = connect(Number(port), hostname);
+      const chunks: Buffer[] = [];
+      socket.on('data', (chunk) => chunks.push(chunk));
+      socket.on('error', reject);
+      socket.on('close', () => resolve(Buffer.concat(chunks).toString('utf8')));
+      socket.write(bytes);
+    }),
+    10_000,
+    'the server to answer and close',
+  );
+}
+
+/** Status and JSON body of a raw HTTP/1.1 answer. */
+function parseRaw(raw: string): { status: number; contentType: string; body: unknown } {
+  const [head = '', body = ''] = raw.split('\r\n\r\n', 2);
+  const status = Number(/^HTTP\/1\.1 (\d{3}) /.exec(head)?.[1]);
+  const contentType = /\r\ncontent-type: ([^\r]*)/i.exec(head)?.[1] ?? '';
+  return { status, contentType, body: body ? JSON.parse(body) : undefined };
 }
 
 describe('hostile input', () => {
@@ -268,6 +296,56 @@ describe('hostile input', () => {
         expect(res.status).toBe(400);
         expect(await res.json()).toEqual({ error: { code: 'INVALID_JSON', message: expect.any(String) } });
       });
+    });
+  });
+
+  describe('requests the HTTP parser refuses answer the contract body', () => {
+    const head = 'GET /api/v1/auth/me HTTP/1.1\r\nHost: localhost\r\n';
+    // [case, status, code, raw request]
+    const cases: [string, number, string, string][] = [
+      ['a NUL in a header value', 400, 'INVALID_INPUT', `${head}X-Note: a\0b\r\n\r\n`],
+      ['a bare CR in a header value', 400, 'INVALID_INPUT', `${head}X-Note: a\rb\r\n\r\n`],
+      [
+        'a Content-Length that is not a number',
+        400,
+        'INVALID_INPUT',
+        'POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\n',
+      ],
+      [
+        'Content-Length with Transfer-Encoding',
+        400,
+        'INVALID_INPUT',
+        'POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n',
+      ],
+      ['a 20 KB header', 431, 'HEADERS_TOO_LARGE', `${head}X-Big: ${'a'.repeat(20 * 1024)}\r\n\r\n`],
+      ['a malformed request line', 400, 'INVALID_INPUT', 'GET\0/ HTTP/1.1\r\n\r\n'],
+    ];
+    it.each(cases)('%s answers %i %s', async (_name, status, code, request) => {
+      const answer = parseRaw(await rawRequest(server.url, request));
+      expect(answer.status).toBe(status);
+      expect(answer.contentType).toMatch(/^application\/json/);
+      expect(answer.body).toEqual({ error: { code, message: expect.any(String) } });
+    });
+
+    it('answers a malformed request that follows an answered one on a kept-alive connection', async () => {
+      const { hostname, port } = new URL(server.url);
+      const socket = connect(Number(port), hostname);
+      const received: Buffer[] = [];
+      const closed = new Promise<void>((resolve) => socket.on('close', () => resolve()));
+      const firstAnswered = new Promise<void>((resolve) =>
+        socket.on('data', (chunk) => {
+          received.push(chunk);
+          if (Buffer.concat(received).includes('{"status":"ok"}')) resolve();
+        }),
+      );
+      socket.write('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n');
+      await within(firstAnswered, 10_000, 'the first answer');
+      received.length = 0;
+      socket.write(`${head}X-Note: a\0b\r\n\r\n`);
+      await within(closed, 10_000, 'the server to close the connection');
+      const answer = parseRaw(Buffer.concat(received).toString('utf8'));
+      expect(answer.status).toBe(400);
+      expect(answer.body).toEqual({ error: { code: 'INVALID_INPUT', message: expect.any(String) } });
     });
   });
 });

@@ -22,6 +22,8 @@ export const ERROR_STATUS = {
   HEADERS_TOO_LARGE: 431,
   INTERNAL: 500,
   NOT_READY: 503,
+  /** The server's disk is full: nothing was stored; the same request succeeds once space returns. */
+  STORAGE_FULL: 507,
 } as const;
 
 /** A contract error code such as `RUN_NOT_FOUND`. */

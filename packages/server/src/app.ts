@@ -146,6 +146,11 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
       file: join(config.dataDir, 'runcast.db'),
       eventRetention: config.eventRetention,
       synchronous: config.sqliteSynchronous,
+      onStorageFull: (full, err) => {
+        if (full)
+          app.log.error({ err }, 'storage is full: writes answer 507 STORAGE_FULL until space returns');
+        else app.log.warn('storage has room again: writes are accepted');
+      },
     }),
   );
   let pollFastPath: PollFastPath | undefined;
@@ -317,8 +322,13 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     try {
       await store.ping();
       return { status: 'ready' };
-    } catch {
-      return reply.code(503).send({ error: { code: 'NOT_READY', message: 'the store does not answer' } });
+    } catch (err) {
+      // 503 whatever the cause, so that any load balancer takes the node out; the code says why.
+      const cause =
+        err instanceof AppError && err.code === 'STORAGE_FULL'
+          ? err
+          : new AppError('NOT_READY', 'the store does not answer');
+      return reply.code(503).send({ error: { code: cause.code, message: cause.message } });
     }
   });
   await serveDashboard(app, config.webDir);

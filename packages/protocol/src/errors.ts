@@ -11,14 +11,19 @@ export const ERROR_STATUS = {
   PROJECT_NOT_FOUND: 404,
   USER_NOT_FOUND: 404,
   TOKEN_NOT_FOUND: 404,
+  /** The request's headers or body did not arrive within the server's request timeout. */
+  REQUEST_TIMEOUT: 408,
   RUN_TERMINAL: 409,
   INVALID_TRANSITION: 409,
   ALREADY_EXISTS: 409,
   PAYLOAD_TOO_LARGE: 413,
   UNSUPPORTED_MEDIA_TYPE: 415,
   RATE_LIMITED: 429,
+  HEADERS_TOO_LARGE: 431,
   INTERNAL: 500,
   NOT_READY: 503,
+  /** The server's disk is full: nothing was stored; the same request succeeds once space returns. */
+  STORAGE_FULL: 507,
 } as const;
 
 /** A contract error code such as `RUN_NOT_FOUND`. */

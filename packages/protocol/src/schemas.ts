@@ -31,6 +31,29 @@ export type MemberRole = Static<typeof MemberRole>;
 export const LogLevel = Type.Enum(LOG_LEVELS);
 export type LogLevel = Static<typeof LogLevel>;
 
+/**
+ * Schema keyword that bounds a free-form JSON field: `{ depth, bytes }` — its nesting depth (an
+ * object or array is one level) and the size of its JSON text in UTF-8 bytes.
+ */
+export const JSON_BOUNDS_KEYWORD = 'x-json-bounds';
+/** The bounds of a free-form field, as the `x-json-bounds` keyword carries them. */
+export interface JsonBounds {
+  depth: number;
+  bytes: number;
+}
+/** Bounds of the contract's free-form fields. */
+export const FREE_FORM_BOUNDS = {
+  /** `data` of a log entry. */
+  logData: { depth: 32, bytes: 16 * 1024 },
+  /** `details` of a run's error. */
+  errorDetails: { depth: 32, bytes: 16 * 1024 },
+  /** `config` of a new run. */
+  runConfig: { depth: 32, bytes: 64 * 1024 },
+} as const satisfies Record<string, JsonBounds>;
+/** A JSON object of any keys, within `bounds`. */
+const FreeFormObject = (bounds: JsonBounds) =>
+  Type.Record(Type.String(), Type.Unknown(), { [JSON_BOUNDS_KEYWORD]: bounds });
+
 const Timestamp = Type.String({ format: 'date-time' });
 const Count = Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER });
 const Text = (maxLength: number) => Type.String({ maxLength });
@@ -66,7 +89,11 @@ export type Stats = Static<typeof Stats>;
 
 /** Why a run failed. */
 export const RunError = Type.Object(
-  { code: Text(80), message: Text(4000), details: Type.Optional(Type.Unknown()) },
+  {
+    code: Text(80),
+    message: Text(4000),
+    details: Type.Optional(Type.Unknown({ [JSON_BOUNDS_KEYWORD]: FREE_FORM_BOUNDS.errorDetails })),
+  },
   { additionalProperties: false },
 );
 export type RunError = Static<typeof RunError>;
@@ -112,7 +139,7 @@ export const LogEntry = Type.Object(
     level: LogLevel,
     message: Text(8000),
     stage: Type.Optional(Type.Union([Text(80), Type.Null()])),
-    data: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
+    data: Type.Optional(FreeFormObject(FREE_FORM_BOUNDS.logData)),
   },
   { additionalProperties: false },
 );
@@ -280,7 +307,7 @@ export const CreateRun = Type.Object(
     project_id: ProjectId,
     kind: RunKind,
     mode: Type.Optional(Type.String({ minLength: 1, maxLength: 40 })),
-    config: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
+    config: Type.Optional(FreeFormObject(FREE_FORM_BOUNDS.runConfig)),
   },
   { additionalProperties: false },
 );

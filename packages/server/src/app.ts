@@ -22,8 +22,10 @@ import type { Bus } from './bus/bus.js';
 import { MemoryBus } from './bus/memory.js';
 import type { Config } from './config.js';
 import { AppError } from './errors.js';
+import { answerClientError } from './http/client-error.js';
 import { ConnectionDrain, waitUntil } from './http/drain.js';
 import { registerErrorHandling, sendError } from './http/error-handler.js';
+import { registerJsonBodyParser } from './http/json-body.js';
 import { createValidatorCompiler } from './http/validation.js';
 import { Hub } from './live/hub.js';
 import { attachSocketGateway } from './live/socket.js';
@@ -86,6 +88,14 @@ const SHUTDOWN_DRAIN_MS = 5000;
 /** Fastify's default, kept now that the server is made here. */
 const KEEP_ALIVE_TIMEOUT_MS = 72_000;
 
+/**
+ * How often Node looks for requests past their timeouts: its default (30 s) would let a request
+ * outlive a short timeout by that much, so a quarter of the timeout, within 250 ms .. 30 s.
+ */
+function timeoutCheckIntervalMs(config: Config): number {
+  return Math.min(30_000, Math.max(250, Math.floor(config.headersTimeoutMs / 4)));
+}
+
 const ROOT_PAGE = `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Runcast</title>
 <style>body{font:16px/1.5 system-ui,sans-serif;max-width:40rem;margin:4rem auto;padding:0 1rem;color:#1f2933}</style>
@@ -136,6 +146,11 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
       file: join(config.dataDir, 'runcast.db'),
       eventRetention: config.eventRetention,
       synchronous: config.sqliteSynchronous,
+      onStorageFull: (full, err) => {
+        if (full)
+          app.log.error({ err }, 'storage is full: writes answer 507 STORAGE_FULL until space returns');
+        else app.log.warn('storage has room again: writes are accepted');
+      },
     }),
   );
   let pollFastPath: PollFastPath | undefined;
@@ -163,20 +178,31 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
       sendError(reply, new AppError('INVALID_INPUT', err.message));
     },
     trustProxy: false,
+    // Malformed requests and request timeouts, refused by Node before Fastify sees them.
+    clientErrorHandler: answerClientError,
     // The HTTP server Fastify would make, with one addition: a poll answered from memory skips
     // routing (see PollFastPath).
     serverFactory: (handler) => {
-      const server = createServer((request, response) => {
-        if (!pollFastPath?.tryAnswer(request, response)) handler(request, response);
-      });
+      // requestTimeout ends when the request (headers and body) has arrived, not the response:
+      // a body trickled in byte by byte is cut, an SSE stream or a long-poll is not.
+      const server = createServer(
+        {
+          requestTimeout: config.requestTimeoutMs,
+          headersTimeout: config.headersTimeoutMs,
+          connectionsCheckingInterval: timeoutCheckIntervalMs(config),
+        },
+        (request, response) => {
+          if (!pollFastPath?.tryAnswer(request, response)) handler(request, response);
+        },
+      );
       server.keepAliveTimeout = KEEP_ALIVE_TIMEOUT_MS;
-      server.requestTimeout = 0;
       return server;
     },
   }).withTypeProvider<TypeBoxTypeProvider>();
   app.setValidatorCompiler(createValidatorCompiler());
   // JSON only: a text/plain body is what a cross-site form can send without a preflight.
   app.removeContentTypeParser('text/plain');
+  registerJsonBodyParser(app);
   registerErrorHandling(app);
 
   const bus = new MemoryBus((err) => app.log.error({ err }, 'bus listener failed'));
@@ -297,8 +323,13 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     try {
       await store.ping();
       return { status: 'ready' };
-    } catch {
-      return reply.code(503).send({ error: { code: 'NOT_READY', message: 'the store does not answer' } });
+    } catch (err) {
+      // 503 whatever the cause, so that any load balancer takes the node out; the code says why.
+      const cause =
+        err instanceof AppError && err.code === 'STORAGE_FULL'
+          ? err
+          : new AppError('NOT_READY', 'the store does not answer');
+      return reply.code(503).send({ error: { code: cause.code, message: cause.message } });
     }
   });
   await serveDashboard(app, config.webDir);

@@ -9,7 +9,13 @@ describe('configuration', () => {
       dataDir: './data',
       logLevel: 'info',
       eventRetention: 10_000,
+      requestTimeoutMs: 30_000,
+      headersTimeoutMs: 10_000,
     });
+  });
+
+  it('keeps the headers timeout within a shorter request timeout', () => {
+    expect(loadConfig({ RUNCAST_REQUEST_TIMEOUT_MS: '2000' }, []).headersTimeoutMs).toBe(2000);
   });
 
   it('lets flags win over env', () => {
@@ -25,6 +31,11 @@ describe('configuration', () => {
     [{ RUNCAST_EVENT_RETENTION: '0' }, 'RUNCAST_EVENT_RETENTION'],
     [{ RUNCAST_ALLOWED_ORIGINS: 'not a url' }, 'RUNCAST_ALLOWED_ORIGINS'],
     [{ RUNCAST_COOKIE_SECURE: 'maybe' }, 'RUNCAST_COOKIE_SECURE'],
+    [{ RUNCAST_REQUEST_TIMEOUT_MS: '0' }, 'RUNCAST_REQUEST_TIMEOUT_MS'],
+    [
+      { RUNCAST_REQUEST_TIMEOUT_MS: '5000', RUNCAST_HEADERS_TIMEOUT_MS: '6000' },
+      'RUNCAST_HEADERS_TIMEOUT_MS',
+    ],
   ])('stops on %j with a one-line message naming %s', (env, name) => {
     let error: unknown;
     try {

@@ -13,6 +13,13 @@ export interface Config {
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
   /** Largest accepted request body. */
   bodyLimitBytes: number;
+  /**
+   * Time to receive a whole request, headers and body (408 after it). Responses are not bound by
+   * it: SSE streams, long-polls and WebSocket upgrades stay open.
+   */
+  requestTimeoutMs: number;
+  /** Time to receive a request's headers; at most `requestTimeoutMs`. */
+  headersTimeoutMs: number;
   /** Log events kept per run for replay. */
   eventRetention: number;
   /** Lifetime of a login token. */
@@ -132,6 +139,25 @@ export function loadConfig(env: Env = process.env, args: string[] = []): Config 
       );
     }
   }
+  const requestTimeoutMs = integer(
+    'RUNCAST_REQUEST_TIMEOUT_MS',
+    env.RUNCAST_REQUEST_TIMEOUT_MS,
+    30_000,
+    100,
+    3_600_000,
+  );
+  const headersTimeoutMs = integer(
+    'RUNCAST_HEADERS_TIMEOUT_MS',
+    env.RUNCAST_HEADERS_TIMEOUT_MS,
+    Math.min(10_000, requestTimeoutMs),
+    100,
+    3_600_000,
+  );
+  if (headersTimeoutMs > requestTimeoutMs) {
+    throw new ConfigError(
+      `RUNCAST_HEADERS_TIMEOUT_MS (${headersTimeoutMs}) must not exceed RUNCAST_REQUEST_TIMEOUT_MS (${requestTimeoutMs})`,
+    );
+  }
   return {
     host,
     port: integer('PORT', flags.port ?? env.PORT, 8080, 0, 65535),
@@ -145,6 +171,8 @@ export function loadConfig(env: Env = process.env, args: string[] = []): Config 
       'info',
     ),
     bodyLimitBytes: integer('RUNCAST_BODY_LIMIT', env.RUNCAST_BODY_LIMIT, 256 * 1024, 1024, 64 * 1024 * 1024),
+    requestTimeoutMs,
+    headersTimeoutMs,
     eventRetention: integer('RUNCAST_EVENT_RETENTION', env.RUNCAST_EVENT_RETENTION, 10_000, 1, 10_000_000),
     tokenTtlS: integer('RUNCAST_TOKEN_TTL_S', env.RUNCAST_TOKEN_TTL_S, 12 * 3600, 60, 30 * 86400),
     loginRateLimitPerMin: integer('RUNCAST_LOGIN_RATE_LIMIT', env.RUNCAST_LOGIN_RATE_LIMIT, 10, 1, 100_000),

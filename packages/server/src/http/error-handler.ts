@@ -1,6 +1,7 @@
-import { type ErrorBody, isErrorCode } from '@runcast/protocol';
+import { type ErrorBody, isErrorCode, JSON_BOUNDS_KEYWORD } from '@runcast/protocol';
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { AppError } from '../errors.js';
+import { isStorageFull, storageFullError } from '../store/storage-health.js';
 
 /** Maps Fastify's own error codes onto the contract's. */
 const FASTIFY_CODES: Record<string, AppError['code']> = {
@@ -16,7 +17,9 @@ function toAppError(err: FastifyError): AppError {
   if (err instanceof AppError) return err;
   if (err.validation) {
     const where = err.validationContext ?? 'request';
-    const first = err.validation[0];
+    // In a union (one log entry or a batch) the first error may be the other branch's complaint;
+    // a free-form field out of bounds is the one worth naming.
+    const first = err.validation.find((e) => e.keyword === JSON_BOUNDS_KEYWORD) ?? err.validation[0];
     const path = first?.instancePath ? `${where}${first.instancePath.replaceAll('/', '.')}` : where;
     const extra =
       first?.keyword === 'additionalProperties'
@@ -24,6 +27,7 @@ function toAppError(err: FastifyError): AppError {
         : ` ${first?.message ?? 'is invalid'}`;
     return new AppError('INVALID_INPUT', `${path}${extra}`, err.validation);
   }
+  if (isStorageFull(err)) return storageFullError();
   const mapped = err.code ? FASTIFY_CODES[err.code] : undefined;
   if (mapped) return new AppError(mapped, err.message);
   if (isErrorCode(err.code)) return new AppError(err.code, err.message);
@@ -43,7 +47,10 @@ export function sendError(reply: FastifyReply, error: AppError): FastifyReply {
 export function registerErrorHandling(app: FastifyInstance): void {
   app.setErrorHandler((err: FastifyError, request: FastifyRequest, reply: FastifyReply) => {
     const error = toAppError(err);
-    if (error.statusCode >= 500) request.log.error({ err }, 'request failed');
+    // A full disk is logged once by the store when it fills, not once per refused request.
+    if (error.code === 'STORAGE_FULL')
+      request.log.warn({ code: error.code }, 'request refused: storage is full');
+    else if (error.statusCode >= 500) request.log.error({ err }, 'request failed');
     return sendError(reply, error);
   });
   app.setNotFoundHandler((request, reply) =>

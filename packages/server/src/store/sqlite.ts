@@ -4,6 +4,7 @@ import type { LogEntry, LogEvent, MemberRole } from '@runcast/protocol';
 import Database from 'better-sqlite3';
 import { AppError } from '../errors.js';
 import { SQLITE_MIGRATIONS } from './migrations.js';
+import { StorageHealth } from './storage-health.js';
 import type {
   ApiTokenRecord,
   CommitOptions,
@@ -35,6 +36,8 @@ export interface SqliteStoreOptions {
    * writer lock, and the event loop, for long; the rest wait for the next turn.
    */
   maxCommitBatch?: number;
+  /** Told when a write finds the disk full (with the error) and when writes succeed again. */
+  onStorageFull?: (full: boolean, err?: unknown) => void;
 }
 
 const DAY_MS = 24 * 60 * 60 * 1000;
@@ -197,6 +200,8 @@ export class SqliteStore implements Store {
   private readonly idempotencyTtlMs: number;
   private readonly now: () => Date;
   private readonly maxCommitBatch: number;
+  /** Every write goes through it: a full disk answers STORAGE_FULL until space returns. */
+  private readonly storage: StorageHealth;
   private lastIdempotencyPruneMs = Number.NEGATIVE_INFINITY;
   private readonly sql;
   /** `commitRun` calls not yet committed, in call order. */
@@ -219,6 +224,10 @@ export class SqliteStore implements Store {
     this.idempotencyTtlMs = options.idempotencyTtlMs ?? DAY_MS;
     this.now = options.now ?? (() => new Date());
     this.maxCommitBatch = options.maxCommitBatch ?? DEFAULT_MAX_COMMIT_BATCH;
+    this.storage = new StorageHealth({
+      dir: options.file === ':memory:' ? undefined : dirname(options.file),
+      onChange: options.onStorageFull,
+    });
     this.migrate();
     const db = this.db;
     this.sql = {
@@ -331,13 +340,15 @@ export class SqliteStore implements Store {
     if (this.db.open) this.db.close();
   }
 
+  /** Also fails with STORAGE_FULL while the disk is full. */
   async ping(): Promise<void> {
     this.sql.ping.get();
+    this.storage.check();
   }
 
   async createUser(user: UserRecord): Promise<void> {
     try {
-      this.sql.insertUser.run(user);
+      this.storage.write(() => this.sql.insertUser.run(user));
     } catch (err) {
       if (isUniqueViolation(err))
         throw new AppError('ALREADY_EXISTS', `user "${user.username}" already exists`);
@@ -362,15 +373,19 @@ export class SqliteStore implements Store {
   }
 
   async setPassword(userId: string, passwordHash: string): Promise<void> {
-    this.db.transaction(() => {
-      this.sql.setPassword.run(passwordHash, userId);
-      this.sql.deleteUserSessions.run(userId);
-    })();
+    this.storage.write(
+      this.db.transaction(() => {
+        this.sql.setPassword.run(passwordHash, userId);
+        this.sql.deleteUserSessions.run(userId);
+      }),
+    );
   }
 
   async createSession(session: SessionRecord): Promise<void> {
-    this.sql.deleteExpiredSessions.run(new Date().toISOString());
-    this.sql.insertSession.run(session);
+    this.storage.write(() => {
+      this.sql.deleteExpiredSessions.run(new Date().toISOString());
+      this.sql.insertSession.run(session);
+    });
   }
 
   async getSession(sessionId: string): Promise<SessionRecord | undefined> {
@@ -378,11 +393,11 @@ export class SqliteStore implements Store {
   }
 
   async deleteSession(sessionId: string): Promise<void> {
-    this.sql.deleteSession.run(sessionId);
+    this.storage.write(() => this.sql.deleteSession.run(sessionId));
   }
 
   async createApiToken(token: ApiTokenRecord): Promise<void> {
-    this.sql.insertToken.run(token);
+    this.storage.write(() => this.sql.insertToken.run(token));
   }
 
   async getApiToken(tokenId: string): Promise<ApiTokenRecord | undefined> {
@@ -397,14 +412,16 @@ export class SqliteStore implements Store {
   }
 
   async revokeApiToken(tokenId: string, at: string): Promise<void> {
-    this.sql.revokeToken.run(at, tokenId);
+    this.storage.write(() => this.sql.revokeToken.run(at, tokenId));
   }
 
   async createProject(project: ProjectRecord): Promise<void> {
-    this.db.transaction(() => {
-      this.sql.insertProject.run(project);
-      this.sql.upsertMember.run(project.project_id, project.created_by, 'operator');
-    })();
+    this.storage.write(
+      this.db.transaction(() => {
+        this.sql.insertProject.run(project);
+        this.sql.upsertMember.run(project.project_id, project.created_by, 'operator');
+      }),
+    );
   }
 
   async getProject(projectId: string): Promise<ProjectRecord | undefined> {
@@ -418,11 +435,11 @@ export class SqliteStore implements Store {
   }
 
   async setMember(projectId: string, userId: string, role: MemberRole): Promise<void> {
-    this.sql.upsertMember.run(projectId, userId, role);
+    this.storage.write(() => this.sql.upsertMember.run(projectId, userId, role));
   }
 
   async removeMember(projectId: string, userId: string): Promise<boolean> {
-    return this.sql.deleteMember.run(projectId, userId).changes > 0;
+    return this.storage.write(() => this.sql.deleteMember.run(projectId, userId).changes > 0);
   }
 
   async getMemberRole(projectId: string, userId: string): Promise<MemberRole | undefined> {
@@ -439,7 +456,7 @@ export class SqliteStore implements Store {
   }
 
   async createRun(run: RunRecord): Promise<void> {
-    this.sql.insertRun.run(runToRow(run));
+    this.storage.write(() => this.sql.insertRun.run(runToRow(run)));
   }
 
   async getRun(runId: string): Promise<RunRecord | undefined> {
@@ -505,7 +522,7 @@ export class SqliteStore implements Store {
   private commitQueued(): void {
     const batch = this.queue.splice(0, this.maxCommitBatch);
     try {
-      this.commitBatch(batch);
+      this.storage.write(() => this.commitBatch(batch));
     } catch (err) {
       for (const pending of batch) pending.reject(err);
       return;

@@ -128,7 +128,8 @@ async function serve(options: { hooks?: GitMirrorHooks; concurrency?: number } =
       await options.hooks?.beforeVerify?.(repository);
     },
   };
-  const env: Record<string, string> = { LOG_LEVEL: 'trace' };
+  // The fixtures are local bare repositories (file://) and git daemon on loopback.
+  const env: Record<string, string> = { LOG_LEVEL: 'trace', RUNCAST_GIT_ALLOW_LOCAL: '1' };
   if (options.concurrency) env.RUNCAST_RUNNER_CONCURRENCY = String(options.concurrency);
   const server = await startServer(env, { logStream, gitMirrorHooks: hooks });
   server.errorLogs.push(...early);

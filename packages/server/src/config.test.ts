@@ -25,6 +25,7 @@ describe('configuration', () => {
     [{ RUNCAST_EVENT_RETENTION: '0' }, 'RUNCAST_EVENT_RETENTION'],
     [{ RUNCAST_ALLOWED_ORIGINS: 'not a url' }, 'RUNCAST_ALLOWED_ORIGINS'],
     [{ RUNCAST_COOKIE_SECURE: 'maybe' }, 'RUNCAST_COOKIE_SECURE'],
+    [{ RUNCAST_GIT_ALLOW_LOCAL: 'perhaps' }, 'RUNCAST_GIT_ALLOW_LOCAL'],
   ])('stops on %j with a one-line message naming %s', (env, name) => {
     let error: unknown;
     try {

@@ -10,6 +10,7 @@ import { AppError } from '../../errors.js';
 import { type ExecutionContext, ExecutionError, type Executor } from '../executor.js';
 import { type GitAuth, git, parseRefs } from '../git.js';
 import { GitProgressSplitter, parseGitProgress, stageFraction } from '../git-progress.js';
+import { repositoryAddressProblem } from '../repository-url.js';
 import { isSealed, type SecretBox } from '../secrets.js';
 
 type Stage = (typeof GIT_MIRROR_STAGES)[number];
@@ -30,6 +31,12 @@ const HOST_ONLY_REFS = ['refs/merge-requests/', 'refs/pipelines/', 'refs/keep-ar
 /** Test seams: a hook runs between APPLY and VERIFY. */
 export interface GitMirrorHooks {
   beforeVerify?(repository: { source: string; target: string }): Promise<void>;
+}
+
+export interface GitMirrorOptions {
+  /** Local paths and `file://` URLs are accepted as repositories (RUNCAST_GIT_ALLOW_LOCAL). */
+  allowLocal?: boolean;
+  hooks?: GitMirrorHooks;
 }
 
 interface Planned {
@@ -81,7 +88,7 @@ export class GitMirrorExecutor implements Executor {
 
   constructor(
     private readonly box: SecretBox,
-    private readonly hooks: GitMirrorHooks = {},
+    private readonly options: GitMirrorOptions = {},
   ) {}
 
   prepareConfig(config: Record<string, unknown> | undefined): Record<string, unknown> {
@@ -89,6 +96,16 @@ export class GitMirrorExecutor implements Executor {
       const first = [...validate.Errors(config)][0];
       const where = first?.instancePath ? `config${first.instancePath.replaceAll('/', '.')}` : 'config';
       throw new AppError('INVALID_INPUT', `${where} ${first?.message ?? 'is not a git-mirror config'}`);
+    }
+    // Before anything is stored: a refused address never reaches the database or its WAL.
+    for (const [index, repository] of config.repositories.entries()) {
+      for (const end of ['source', 'target'] as const) {
+        const problem = repositoryAddressProblem(repository[end], {
+          allowLocal: this.options.allowLocal ?? false,
+          tokenKey: `${end}_token`,
+        });
+        if (problem) throw new AppError('INVALID_INPUT', `config.repositories[${index}].${end} ${problem}`);
+      }
     }
     return this.mapSecrets(config, (secret) => this.box.seal(secret));
   }
@@ -127,7 +144,7 @@ export class GitMirrorExecutor implements Executor {
       config.target_token,
       ...config.repositories.flatMap((r) => [r.source_token, r.target_token]),
     ].filter((secret): secret is string => typeof secret === 'string' && secret.length > 0);
-    const run = new MirrorRun(context, config, repositories, secrets, this.hooks);
+    const run = new MirrorRun(context, config, repositories, secrets, this.options);
     await run.execute();
   }
 }
@@ -146,7 +163,7 @@ class MirrorRun {
     private readonly config: Config,
     private readonly repositories: Repository[],
     private readonly secrets: string[],
-    private readonly hooks: GitMirrorHooks,
+    private readonly options: GitMirrorOptions,
   ) {
     this.stats = {
       repositories: repositories.length,
@@ -306,7 +323,7 @@ class MirrorRun {
   }
 
   private async verify(repository: Repository): Promise<void> {
-    await this.hooks.beforeVerify?.({ source: repository.source, target: repository.target });
+    await this.options.hooks?.beforeVerify?.({ source: repository.source, target: repository.target });
     const actual = parseRefs(await this.git(['ls-remote', repository.target], repository.targetAuth));
     const mismatches = repository.plan
       .filter((p) => actual.get(p.targetRef) !== p.sha)

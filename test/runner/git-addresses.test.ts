@@ -1,4 +1,5 @@
 import { readdirSync, readFileSync } from 'node:fs';
+import { createServer, type IncomingMessage, type Server } from 'node:http';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -41,6 +42,84 @@ async function stopServer(served: Served): Promise<void> {
 function postRun(served: Served, config: Record<string, unknown>) {
   return served.admin.post('/runs', { project_id: served.projectId, kind: 'git-mirror', config });
 }
+
+/** What one HTTP request to a test origin carried. */
+interface Seen {
+  method: string;
+  url: string;
+  authorization: string | undefined;
+}
+
+/** An HTTP server on a loopback port of its own (another port is another origin). */
+async function listen(
+  handle: (request: IncomingMessage) => { status: number; headers?: Record<string, string>; body?: string },
+): Promise<{ url: string; seen: Seen[] }> {
+  const seen: Seen[] = [];
+  const server: Server = createServer((request, response) => {
+    seen.push({
+      method: request.method ?? '',
+      url: request.url ?? '',
+      authorization: request.headers.authorization,
+    });
+    request.resume();
+    const answer = handle(request);
+    response.writeHead(answer.status, answer.headers).end(answer.body ?? '');
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  cleanups.push(
+    () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  );
+  const address = server.address();
+  if (address === null || typeof address === 'string') throw new Error('test origin has no TCP address');
+  return { url: `http://127.0.0.1:${address.port}`, seen };
+}
+
+/** One pkt-line of git's wire protocol. */
+const pktLine = (line: string) => `${(line.length + 4).toString(16).padStart(4, '0')}${line}`;
+
+describe('the source token and redirects', () => {
+  it('sends the token to the source origin only: a 302 to another origin gets no Authorization', async () => {
+    const token = `SECRET-${randomHex(12)}`;
+    // The other origin speaks enough smart HTTP (protocol v2) for git to go on after the
+    // redirect: it answers info/refs with a capability advertisement and ls-refs with no refs.
+    const other = await listen((request) =>
+      request.method === 'GET'
+        ? {
+            status: 200,
+            headers: { 'content-type': 'application/x-git-upload-pack-advertisement' },
+            body: `${pktLine('version 2\n')}${pktLine('ls-refs\n')}0000`,
+          }
+        : { status: 200, headers: { 'content-type': 'application/x-git-upload-pack-result' }, body: '0000' },
+    );
+    const origin = await listen((request) => ({
+      status: 302,
+      headers: { location: `${other.url}${(request.url ?? '/').replace('/repo.git/', '/moved.git/')}` },
+    }));
+    const served = await serve();
+    cleanups.push(() => stopServer(served));
+
+    const created = await postRun(served, {
+      repositories: [{ source: `${origin.url}/repo.git`, target: `${origin.url}/target.git` }],
+      source_token: token,
+    });
+    expect(created.status, JSON.stringify(created.body)).toBe(201);
+    const end = await waitForRun(served.admin, created.body.run_id, ended);
+
+    const basic = `Basic ${Buffer.from(`x-access-token:${token}`).toString('base64')}`;
+    expect(origin.seen[0]).toMatchObject({ method: 'GET', authorization: basic });
+    expect(other.seen.filter((request) => request.authorization !== undefined)).toEqual([]);
+    // git stops at the redirect instead of following it.
+    expect(other.seen).toEqual([]);
+    expect(end.status).toBe('FAILED');
+    expect(end.stage).toBe('DISCOVERY');
+    expect(end.error?.message).toContain('302');
+    expect(JSON.stringify(end)).not.toContain(token);
+  }, 60_000);
+});
 
 describe('repository addresses at run creation', () => {
   let served: Served;

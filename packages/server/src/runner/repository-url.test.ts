@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { repositoryAddressProblem } from './repository-url.js';
+import { httpOrigin, repositoryAddressProblem } from './repository-url.js';
 
 const remoteOnly = { allowLocal: false, tokenKey: 'source_token' };
 const withLocal = { allowLocal: true, tokenKey: 'source_token' };
@@ -44,5 +44,12 @@ describe('repository addresses', () => {
     expect(repositoryAddressProblem('repo.git', withLocal)).toBe('must be an absolute path');
     expect(repositoryAddressProblem('file://server/srv/repo.git', withLocal)).toContain('without a host');
     expect(repositoryAddressProblem('-/srv/repo.git', withLocal)).toBe("must not start with '-'");
+  });
+
+  it('names the origin of http(s) addresses only', () => {
+    expect(httpOrigin('https://Gitlab.Example:443/group/api.git')).toBe('https://gitlab.example');
+    expect(httpOrigin('http://127.0.0.1:8080/api.git')).toBe('http://127.0.0.1:8080');
+    expect(httpOrigin('ssh://git@gitlab.example/group/api.git')).toBeUndefined();
+    expect(httpOrigin('git@github.com:org/api.git')).toBeUndefined();
   });
 });

@@ -66,3 +66,14 @@ function urlProblem(
   if (url.hostname === '' || url.hostname.startsWith('-')) return 'has no valid host';
   return undefined;
 }
+
+/** `scheme://host[:port]` of an http(s) address, the only place its token may go; else undefined. */
+export function httpOrigin(address: string): string | undefined {
+  const scheme = SCHEME.exec(address)?.[1]?.toLowerCase();
+  if (scheme !== 'https' && scheme !== 'http') return undefined;
+  try {
+    return new URL(address).origin;
+  } catch {
+    return undefined;
+  }
+}

@@ -62,7 +62,8 @@ describe('the runcast CLI', () => {
   const dirs: string[] = [];
   beforeAll(async () => {
     requireBuiltServer();
-    server = await startServer();
+    // The migrate test mirrors local repositories (file://).
+    server = await startServer({ RUNCAST_GIT_ALLOW_LOCAL: '1' });
     world = await makeWorld(server.url);
     env = { RUNCAST_URL: server.url, RUNCAST_TOKEN: world.operator.token ?? '' };
   });

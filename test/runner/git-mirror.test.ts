@@ -31,6 +31,7 @@ import {
   startGitDaemon,
   stopAllGitDaemons,
 } from '../support/git.js';
+import { ended, waitForRun } from '../support/runs.js';
 import {
   CHILD_ADMIN_PASSWORD,
   freePort,
@@ -44,7 +45,6 @@ import {
 // ProgressService subscriber.
 
 const STAGES = ['DISCOVERY', 'EXPORT', 'TRANSFORM', 'PLAN', 'APPLY', 'VERIFY'];
-const TERMINAL = ['COMPLETED', 'FAILED', 'CANCELED'];
 
 /** Work to undo after each test, last registered first. */
 const cleanups: (() => Promise<void> | void)[] = [];
@@ -128,7 +128,8 @@ async function serve(options: { hooks?: GitMirrorHooks; concurrency?: number } =
       await options.hooks?.beforeVerify?.(repository);
     },
   };
-  const env: Record<string, string> = { LOG_LEVEL: 'trace' };
+  // The fixtures are local bare repositories (file://) and git daemon on loopback.
+  const env: Record<string, string> = { LOG_LEVEL: 'trace', RUNCAST_GIT_ALLOW_LOCAL: '1' };
   if (options.concurrency) env.RUNCAST_RUNNER_CONCURRENCY = String(options.concurrency);
   const server = await startServer(env, { logStream, gitMirrorHooks: hooks });
   server.errorLogs.push(...early);
@@ -222,36 +223,6 @@ async function createRun(served: Served, config: Record<string, unknown>): Promi
   expect(created.status, JSON.stringify(created.body)).toBe(201);
   return created.body as RunSnapshot;
 }
-
-/**
- * Follows the run with long-polls (`/progress?since=<seq>&wait=…`) until `done` holds for its
- * snapshot; fails at the deadline.
- */
-async function waitForRun(
-  api: Api,
-  runId: string,
-  done: (run: RunSnapshot) => boolean,
-  timeoutMs = 60_000,
-): Promise<RunSnapshot> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const answer = await api.get<RunSnapshot>(`/runs/${runId}`);
-    expect(answer.status).toBe(200);
-    const run = answer.body;
-    if (done(run)) return run;
-    if (Date.now() > deadline) {
-      throw new Error(
-        `run ${runId} did not reach the expected state in ${timeoutMs} ms: ${JSON.stringify(run)}`,
-      );
-    }
-    if (TERMINAL.includes(run.status)) {
-      throw new Error(`run ${runId} ended ${run.status} instead: ${JSON.stringify(run.error)}`);
-    }
-    await api.get(`/runs/${runId}/progress?since=${run.seq}&wait=1`);
-  }
-}
-
-const ended = (run: RunSnapshot) => TERMINAL.includes(run.status);
 
 /** Until the subscriber saw the run end (COMPLETED, FAILED or CANCELED). */
 function untilEnded(seen: Collector): Promise<void> {

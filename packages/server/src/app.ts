@@ -209,7 +209,12 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   const runner = new Runner(
     { concurrency: config.runnerConcurrency, workRoot: join(config.dataDir, 'work') },
     app.log,
-  ).register(new GitMirrorExecutor(SecretBox.forDataDir(config.dataDir), options.gitMirrorHooks));
+  ).register(
+    new GitMirrorExecutor(SecretBox.forDataDir(config.dataDir), {
+      allowLocal: config.gitAllowLocal,
+      hooks: options.gitMirrorHooks,
+    }),
+  );
   const runs = new RunService(store, bus, runner);
   const metrics = new Metrics();
   const drain = new ConnectionDrain();

@@ -1,20 +1,23 @@
 import { randomBytes } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { hashPassword } from './auth/passwords.js';
 import type { Config } from './config.js';
 import { newId } from './ids.js';
+import { makePrivateDir, restrictFile, writePrivateFile } from './private-files.js';
 import type { Store } from './store/store.js';
 
 /** The token signing key: RUNCAST_SECRET, or one generated once and kept in the data dir (0600). */
 export function loadOrCreateSecret(config: Config): string {
   if (config.secret) return config.secret;
-  mkdirSync(config.dataDir, { recursive: true });
+  makePrivateDir(config.dataDir);
   const file = join(config.dataDir, 'secret');
-  if (existsSync(file)) return readFileSync(file, 'utf8').trim();
+  if (existsSync(file)) {
+    restrictFile(file);
+    return readFileSync(file, 'utf8').trim();
+  }
   const secret = randomBytes(32).toString('base64url');
-  writeFileSync(file, `${secret}\n`, { mode: 0o600, flag: 'wx' });
-  chmodSync(file, 0o600);
+  writePrivateFile(file, `${secret}\n`);
   return secret;
 }
 

@@ -36,6 +36,7 @@ describe('configuration', () => {
       { RUNCAST_REQUEST_TIMEOUT_MS: '5000', RUNCAST_HEADERS_TIMEOUT_MS: '6000' },
       'RUNCAST_HEADERS_TIMEOUT_MS',
     ],
+    [{ RUNCAST_GIT_ALLOW_LOCAL: 'perhaps' }, 'RUNCAST_GIT_ALLOW_LOCAL'],
   ])('stops on %j with a one-line message naming %s', (env, name) => {
     let error: unknown;
     try {

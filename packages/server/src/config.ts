@@ -45,6 +45,11 @@ export interface Config {
   metricsHost: string;
   /** Runs the runner executes at once. */
   runnerConcurrency: number;
+  /**
+   * git-mirror runs may name local paths and `file://` URLs: repositories on the server's own
+   * disk. Off by default; tests and single-user setups turn it on.
+   */
+  gitAllowLocal: boolean;
   /** The dashboard's build, served at `/`. */
   webDir: string;
   /** Live gateways to serve; polling is always on (it is the REST API). */
@@ -200,6 +205,7 @@ export function loadConfig(env: Env = process.env, args: string[] = []): Config 
     metricsHost: env.RUNCAST_METRICS_HOST || '127.0.0.1',
     gateways: gateways(env.RUNCAST_TRANSPORTS),
     runnerConcurrency: integer('RUNCAST_RUNNER_CONCURRENCY', env.RUNCAST_RUNNER_CONCURRENCY, 2, 1, 64),
+    gitAllowLocal: boolean('RUNCAST_GIT_ALLOW_LOCAL', env.RUNCAST_GIT_ALLOW_LOCAL, false),
     webDir: env.RUNCAST_WEB_DIR || fileURLToPath(new URL('../../web/dist', import.meta.url)),
   };
 }

@@ -1,23 +1,34 @@
 import { spawn } from 'node:child_process';
 import { ExecutionError } from './executor.js';
+import { httpOrigin, REMOTE_PROTOCOLS } from './repository-url.js';
 
-/** Settings that travel to git through its environment, never on its command line. */
+/** Credentials that travel to git through its environment, never on its command line. */
 export interface GitAuth {
-  /** An HTTPS token, sent as an `http.extraHeader` for this one command. */
+  /** An HTTPS token, sent as an `http.extraHeader` to the origin of `url` only. */
   token?: string | undefined;
+  /** The repository the token belongs to. */
+  url: string;
 }
 
 export interface GitRun {
+  /** The subcommand and its options. */
   args: string[];
+  /** Positional arguments: they follow `--`, so that none can be read as an option. */
+  operands?: string[];
   cwd?: string;
   auth?: GitAuth;
+  /** The `file` transport (local paths, `file://`) is allowed; off unless RUNCAST_GIT_ALLOW_LOCAL. */
+  allowLocal?: boolean;
   signal: AbortSignal;
   /** Each chunk of stderr as it comes (git's progress goes there). */
   onStderr?: (chunk: Buffer) => void;
 }
 
-/** The environment of a git child: no prompts, no user or system config, credentials if any. */
-export function gitEnvironment(auth: GitAuth | undefined): NodeJS.ProcessEnv {
+/**
+ * The environment of a git child: no prompts, no system config, only the transports Runcast
+ * accepts, no redirects, and credentials if any, for their own origin.
+ */
+export function gitEnvironment(auth: GitAuth | undefined, allowLocal = false): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {
     PATH: process.env.PATH,
     HOME: process.env.HOME,
@@ -25,16 +36,32 @@ export function gitEnvironment(auth: GitAuth | undefined): NodeJS.ProcessEnv {
     LC_ALL: 'C',
     GIT_TERMINAL_PROMPT: '0',
     GIT_CONFIG_NOSYSTEM: '1',
+    // HOME stays for ssh (its keys and known_hosts), but the user's git config is not read: an
+    // `insteadOf` or a credential helper there would change where a run's URL goes and with what.
+    GIT_CONFIG_GLOBAL: '/dev/null',
     GIT_ASKPASS: '/bin/false',
     SSH_ASKPASS: '/bin/false',
   };
-  if (auth?.token) {
-    // The token rides in an HTTP header set through GIT_CONFIG_* variables: it never appears on
-    // a command line (visible in /proc/<pid>/cmdline) or in a URL written to the mirror's config.
+  // GIT_CONFIG_* variables weigh as `-c` options: above any config file git reads.
+  const config: [key: string, value: string][] = [['protocol.allow', 'never']];
+  for (const name of [...REMOTE_PROTOCOLS, ...(allowLocal ? ['file'] : [])]) {
+    config.push([`protocol.${name}.allow`, 'always']);
+  }
+  // git resolves `http.<url>.*` once, against the URL it was given, and after a redirect sends
+  // the same headers to the new host: the token is safe only if no redirect is followed.
+  config.push(['http.followRedirects', 'false']);
+  const origin = auth && httpOrigin(auth.url);
+  if (auth?.token && origin) {
+    // The token rides in an HTTP header, for the repository's own scheme://host[:port] only: it
+    // never appears on a command line (visible in /proc/<pid>/cmdline) or in a URL written to
+    // the mirror's config.
     const basic = Buffer.from(`x-access-token:${auth.token}`).toString('base64');
-    env.GIT_CONFIG_COUNT = '1';
-    env.GIT_CONFIG_KEY_0 = 'http.extraHeader';
-    env.GIT_CONFIG_VALUE_0 = `Authorization: Basic ${basic}`;
+    config.push([`http.${origin}/.extraHeader`, `Authorization: Basic ${basic}`]);
+  }
+  env.GIT_CONFIG_COUNT = String(config.length);
+  for (const [index, [key, value]] of config.entries()) {
+    env[`GIT_CONFIG_KEY_${index}`] = key;
+    env[`GIT_CONFIG_VALUE_${index}`] = value;
   }
   return env;
 }
@@ -43,15 +70,15 @@ export function gitEnvironment(auth: GitAuth | undefined): NodeJS.ProcessEnv {
  * Runs git and resolves with its stdout. Cancel kills git's whole process group (git runs
  * helpers such as index-pack and remote helpers in children of its own).
  */
-export function git({ args, cwd, auth, signal, onStderr }: GitRun): Promise<string> {
+export function git({ args, operands, cwd, auth, allowLocal, signal, onStderr }: GitRun): Promise<string> {
   return new Promise((resolve, reject) => {
     if (signal.aborted) {
       reject(new ExecutionError('CANCELED', 'canceled'));
       return;
     }
-    const child = spawn('git', args, {
+    const child = spawn('git', operands ? [...args, '--', ...operands] : args, {
       cwd,
-      env: gitEnvironment(auth),
+      env: gitEnvironment(auth, allowLocal),
       detached: true,
       stdio: ['ignore', 'pipe', 'pipe'],
     });

@@ -1,9 +1,10 @@
-import { mkdirSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { LogEntry, RunKind } from '@runcast/protocol';
 import type { FastifyBaseLogger } from 'fastify';
 import type { Bus } from '../bus/bus.js';
 import { AppError } from '../errors.js';
+import { makePrivateDir } from '../private-files.js';
 import type { RunKinds, RunService } from '../runs/run-service.js';
 import type { RunRecord } from '../store/store.js';
 import { type ExecutionContext, ExecutionError, type Executor } from './executor.js';
@@ -156,7 +157,8 @@ export class Runner implements RunKinds {
       return;
     }
     const workDir = join(this.options.workRoot, runId);
-    mkdirSync(workDir, { recursive: true });
+    // Mirrors of private repositories: the work root and the run's dir are owner-only.
+    makePrivateDir(workDir);
     const logs = new LogBatcher((entries) =>
       runs.appendLogs(runId, entries).then(() => undefined, ignoreTerminal),
     );

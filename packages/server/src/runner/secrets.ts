@@ -1,6 +1,7 @@
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { makePrivateDir, restrictFile, writePrivateFile } from '../private-files.js';
 
 const PREFIX = 'sealed:v1:';
 
@@ -20,12 +21,10 @@ export class SecretBox {
 
   /** The box of a data dir: its `secrets.key`, created on first use. */
   static forDataDir(dataDir: string): SecretBox {
-    mkdirSync(dataDir, { recursive: true });
+    makePrivateDir(dataDir);
     const file = join(dataDir, 'secrets.key');
-    if (!existsSync(file)) {
-      writeFileSync(file, randomBytes(32).toString('base64'), { mode: 0o600, flag: 'wx' });
-      chmodSync(file, 0o600);
-    }
+    if (existsSync(file)) restrictFile(file);
+    else writePrivateFile(file, randomBytes(32).toString('base64'));
     return new SecretBox(Buffer.from(readFileSync(file, 'utf8').trim(), 'base64'));
   }
 

@@ -1,8 +1,8 @@
-import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { LogEntry, LogEvent, MemberRole } from '@runcast/protocol';
 import Database from 'better-sqlite3';
 import { AppError } from '../errors.js';
+import { makePrivateDir, restrictFile, touchPrivateFile } from '../private-files.js';
 import { SQLITE_MIGRATIONS } from './migrations.js';
 import { StorageHealth } from './storage-health.js';
 import type {
@@ -214,7 +214,12 @@ export class SqliteStore implements Store {
   private readonly commitBatch: (batch: readonly PendingCommit[]) => void;
 
   constructor(options: SqliteStoreOptions) {
-    if (options.file !== ':memory:') mkdirSync(dirname(options.file), { recursive: true });
+    if (options.file !== ':memory:') {
+      makePrivateDir(dirname(options.file));
+      // SQLite gives its -wal and -shm files the mode of the database file.
+      touchPrivateFile(options.file);
+      for (const suffix of ['-wal', '-shm']) restrictFile(`${options.file}${suffix}`);
+    }
     this.db = new Database(options.file);
     this.db.pragma('journal_mode = WAL');
     this.db.pragma(`synchronous = ${options.synchronous ?? 'NORMAL'}`);

@@ -10,6 +10,7 @@ import { AppError } from '../../errors.js';
 import { type ExecutionContext, ExecutionError, type Executor } from '../executor.js';
 import { type GitAuth, git, parseRefs } from '../git.js';
 import { GitProgressSplitter, parseGitProgress, stageFraction } from '../git-progress.js';
+import { repositoryAddressProblem } from '../repository-url.js';
 import { isSealed, type SecretBox } from '../secrets.js';
 
 type Stage = (typeof GIT_MIRROR_STAGES)[number];
@@ -30,6 +31,12 @@ const HOST_ONLY_REFS = ['refs/merge-requests/', 'refs/pipelines/', 'refs/keep-ar
 /** Test seams: a hook runs between APPLY and VERIFY. */
 export interface GitMirrorHooks {
   beforeVerify?(repository: { source: string; target: string }): Promise<void>;
+}
+
+export interface GitMirrorOptions {
+  /** Local paths and `file://` URLs are accepted as repositories (RUNCAST_GIT_ALLOW_LOCAL). */
+  allowLocal?: boolean;
+  hooks?: GitMirrorHooks;
 }
 
 interface Planned {
@@ -81,7 +88,7 @@ export class GitMirrorExecutor implements Executor {
 
   constructor(
     private readonly box: SecretBox,
-    private readonly hooks: GitMirrorHooks = {},
+    private readonly options: GitMirrorOptions = {},
   ) {}
 
   prepareConfig(config: Record<string, unknown> | undefined): Record<string, unknown> {
@@ -89,6 +96,16 @@ export class GitMirrorExecutor implements Executor {
       const first = [...validate.Errors(config)][0];
       const where = first?.instancePath ? `config${first.instancePath.replaceAll('/', '.')}` : 'config';
       throw new AppError('INVALID_INPUT', `${where} ${first?.message ?? 'is not a git-mirror config'}`);
+    }
+    // Before anything is stored: a refused address never reaches the database or its WAL.
+    for (const [index, repository] of config.repositories.entries()) {
+      for (const end of ['source', 'target'] as const) {
+        const problem = repositoryAddressProblem(repository[end], {
+          allowLocal: this.options.allowLocal ?? false,
+          tokenKey: `${end}_token`,
+        });
+        if (problem) throw new AppError('INVALID_INPUT', `config.repositories[${index}].${end} ${problem}`);
+      }
     }
     return this.mapSecrets(config, (secret) => this.box.seal(secret));
   }
@@ -115,8 +132,8 @@ export class GitMirrorExecutor implements Executor {
       name: basename(repository.source).replace(/\.git$/, '') || `repository ${index + 1}`,
       source: repository.source,
       target: repository.target,
-      sourceAuth: { token: repository.source_token ?? config.source_token },
-      targetAuth: { token: repository.target_token ?? config.target_token },
+      sourceAuth: { token: repository.source_token ?? config.source_token, url: repository.source },
+      targetAuth: { token: repository.target_token ?? config.target_token, url: repository.target },
       mirror: join(context.workDir, `${index}.git`),
       desired: new Map(),
       plan: [],
@@ -127,7 +144,7 @@ export class GitMirrorExecutor implements Executor {
       config.target_token,
       ...config.repositories.flatMap((r) => [r.source_token, r.target_token]),
     ].filter((secret): secret is string => typeof secret === 'string' && secret.length > 0);
-    const run = new MirrorRun(context, config, repositories, secrets, this.hooks);
+    const run = new MirrorRun(context, config, repositories, secrets, this.options);
     await run.execute();
   }
 }
@@ -146,7 +163,7 @@ class MirrorRun {
     private readonly config: Config,
     private readonly repositories: Repository[],
     private readonly secrets: string[],
-    private readonly hooks: GitMirrorHooks,
+    private readonly options: GitMirrorOptions,
   ) {
     this.stats = {
       repositories: repositories.length,
@@ -200,7 +217,9 @@ class MirrorRun {
   // Stages
 
   private async discover(repository: Repository): Promise<void> {
-    const output = await this.git(['ls-remote', '--symref', repository.source], repository.sourceAuth);
+    const output = await this.git(['ls-remote', '--symref'], [repository.source], {
+      auth: repository.sourceAuth,
+    });
     const refs = parseRefs(output);
     const head = /^ref: (refs\/\S+)\s+HEAD$/m.exec(output)?.[1];
     this.log(
@@ -210,22 +229,16 @@ class MirrorRun {
   }
 
   private async export(repository: Repository): Promise<void> {
-    await this.git(
-      ['clone', '--mirror', '--progress', repository.source, repository.mirror],
-      repository.sourceAuth,
-      'fetch',
-    );
+    await this.git(['clone', '--mirror', '--progress'], [repository.source, repository.mirror], {
+      auth: repository.sourceAuth,
+      progress: 'fetch',
+    });
     this.log('info', `${repository.name}: cloned ${redactUrl(repository.source)}`);
   }
 
   private async transform(repository: Repository): Promise<void> {
     const refs = parseRefs(
-      await this.git(
-        ['for-each-ref', '--format=%(objectname) %(refname)'],
-        undefined,
-        undefined,
-        repository.mirror,
-      ),
+      await this.git(['for-each-ref', '--format=%(objectname) %(refname)'], [], { cwd: repository.mirror }),
     );
     const excluded = (this.config.exclude_refs ?? []).map(globToRegExp);
     const renames = this.config.rename_refs ?? {};
@@ -257,7 +270,9 @@ class MirrorRun {
   }
 
   private async planRepository(repository: Repository): Promise<void> {
-    const existing = parseRefs(await this.git(['ls-remote', repository.target], repository.targetAuth));
+    const existing = parseRefs(
+      await this.git(['ls-remote'], [repository.target], { auth: repository.targetAuth }),
+    );
     const refused: string[] = [];
     for (const [targetRef, { sourceRef, sha }] of repository.desired) {
       const current = existing.get(targetRef);
@@ -295,19 +310,20 @@ class MirrorRun {
     }
     // Batches keep the command line short for repositories with many refs.
     for (let i = 0; i < refspecs.length; i += 500) {
-      await this.git(
-        ['push', '--progress', repository.target, ...refspecs.slice(i, i + 500)],
-        repository.targetAuth,
-        'push',
-        repository.mirror,
-      );
+      await this.git(['push', '--progress'], [repository.target, ...refspecs.slice(i, i + 500)], {
+        auth: repository.targetAuth,
+        progress: 'push',
+        cwd: repository.mirror,
+      });
     }
     this.log('info', `${repository.name}: pushed ${refspecs.length} refs to ${redactUrl(repository.target)}`);
   }
 
   private async verify(repository: Repository): Promise<void> {
-    await this.hooks.beforeVerify?.({ source: repository.source, target: repository.target });
-    const actual = parseRefs(await this.git(['ls-remote', repository.target], repository.targetAuth));
+    await this.options.hooks?.beforeVerify?.({ source: repository.source, target: repository.target });
+    const actual = parseRefs(
+      await this.git(['ls-remote'], [repository.target], { auth: repository.targetAuth }),
+    );
     const mismatches = repository.plan
       .filter((p) => actual.get(p.targetRef) !== p.sha)
       .map((p) => ({ ref: p.targetRef, expected: p.sha, actual: actual.get(p.targetRef) ?? null }));
@@ -329,12 +345,7 @@ class MirrorRun {
 
   private async isAncestor(repository: Repository, ancestor: string, descendant: string): Promise<boolean> {
     try {
-      await this.git(
-        ['merge-base', '--is-ancestor', ancestor, descendant],
-        undefined,
-        undefined,
-        repository.mirror,
-      );
+      await this.git(['merge-base', '--is-ancestor'], [ancestor, descendant], { cwd: repository.mirror });
       return true;
     } catch (err) {
       if (this.context.signal.aborted) throw err;
@@ -343,19 +354,21 @@ class MirrorRun {
     }
   }
 
+  /** Runs git with `operands` after `--`; `progress` names the kind of git progress to report. */
   private git(
     args: string[],
-    auth: GitAuth | undefined,
-    progress?: 'fetch' | 'push',
-    cwd?: string,
+    operands: string[],
+    { auth, progress, cwd }: { auth?: GitAuth; progress?: 'fetch' | 'push'; cwd?: string } = {},
   ): Promise<string> {
     const splitter = progress ? new GitProgressSplitter() : undefined;
     const position = this.position;
     let phase = { name: '', startedMs: Date.now() };
     return git({
       args,
+      operands,
       cwd,
       auth,
+      allowLocal: this.options.allowLocal ?? false,
       signal: this.context.signal,
       onStderr: splitter
         ? (chunk) => {

@@ -25,7 +25,7 @@ export interface GitRun {
 }
 
 /**
- * The environment of a git child: no prompts, no system config, only the transports Runcast
+ * The environment of a git child: no prompts, no system or user config, only the transports Runcast
  * accepts, no redirects, and credentials if any, for their own origin.
  */
 export function gitEnvironment(auth: GitAuth | undefined, allowLocal = false): NodeJS.ProcessEnv {

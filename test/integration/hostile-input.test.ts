@@ -256,6 +256,22 @@ describe('hostile input', () => {
       });
     });
 
+    it('refuses a Last-Event-ID past 2^53 - 1 as it refuses the same ?since=', async () => {
+      const runId = await newRun();
+      const tooLarge = '9007199254740993';
+      expectError(await world.viewer.get(`/runs/${runId}/stream?since=${tooLarge}`), 400, 'INVALID_INPUT');
+      expectError(
+        await world.viewer.get(`/runs/${runId}/stream`, { 'last-event-id': tooLarge }),
+        400,
+        'INVALID_INPUT',
+      );
+      expectError(
+        await world.viewer.get(`/stream?runs=${runId}`, { 'last-event-id': `${runId}:${tooLarge}` }),
+        400,
+        'INVALID_INPUT',
+      );
+    });
+
     it('refuses them on routes that store no run, and keeps surrogate pairs and huge finite numbers', async () => {
       expectError(await world.operator.post('/projects', '{"name":"p\\ud800"}'), 400, 'INVALID_INPUT');
       expectError(

@@ -180,18 +180,25 @@ describe('an open Socket.IO connection whose credentials ended', () => {
     }
   });
 
-  it('is refused at the next subscribe when the session ended on another path', async () => {
+  it('is refused at the handshake when it comes back with the ended credentials', async () => {
     const { api } = await member();
     const socket = await connectedSocket(api.token);
+    const disconnected = new Promise<string>((resolve) => socket.once('disconnect', resolve));
+    expect((await api.post('/auth/logout')).status).toBe(204);
+    expect(await disconnected).toBe('io server disconnect');
+    const again = connectSocket(server.url, {
+      transports: ['websocket'],
+      auth: { token: api.token },
+      reconnection: false,
+      forceNew: true,
+    });
     try {
-      // Ended behind the Hub's back (straight in the store): the subscribe itself must check.
-      const claims = JSON.parse(Buffer.from(api.token!.split('.')[1]!, 'base64url').toString('utf8'));
-      await server.runcast.store.deleteSession(claims.sid);
-      const run = await world.operator.post('/runs', { project_id: world.projectId, kind: 'external' });
-      const answer = await socket.emitWithAck('subscribe', { run_id: run.body.run_id });
-      expect(answer).toMatchObject({ ok: false, error: { code: 'UNAUTHORIZED' } });
+      const refused = await new Promise<Error & { data?: { code?: string } }>((resolve) => {
+        again.once('connect_error', resolve);
+      });
+      expect(refused.data).toEqual({ code: 'UNAUTHORIZED' });
     } finally {
-      socket.disconnect();
+      again.disconnect();
     }
   });
 });

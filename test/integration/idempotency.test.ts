@@ -31,7 +31,7 @@ describe('Idempotency-Key on PATCH progress and POST logs', () => {
     const run = await operator.post('/runs', { project_id: projectId, kind: 'external' });
     runId = run.body.run_id;
     published = [];
-    unsubscribe = server.runcast.bus.subscribe((events) => published.push(...events));
+    unsubscribe = server.runcast.bus.subscribe('run-events', ({ events }) => published.push(...events));
   });
   afterEach(() => {
     unsubscribe();

@@ -135,7 +135,7 @@ async function serve(options: { hooks?: GitMirrorHooks; concurrency?: number } =
   server.errorLogs.push(...early);
   errorSink = server.errorLogs;
   const committed = new Map<string, ProgressEvent[]>();
-  server.runcast.bus.subscribe((events) => {
+  server.runcast.bus.subscribe('run-events', ({ events }) => {
     for (const event of events) {
       if (event.type !== 'update') continue;
       const list = committed.get(event.run_id) ?? [];
@@ -751,7 +751,7 @@ describe('git-mirror timings', () => {
       });
       let runId = '';
       // In process, without HTTP: the end of the run as the server commits it.
-      const unsubscribe = served.server.runcast.bus.subscribe((events) => {
+      const unsubscribe = served.server.runcast.bus.subscribe('run-events', ({ events }) => {
         for (const event of events) {
           if (event.run_id === runId && event.type === 'update' && ended(event.snapshot))
             resolveEnd(event.snapshot);

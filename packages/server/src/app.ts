@@ -206,6 +206,8 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   registerErrorHandling(app);
 
   const bus = new MemoryBus((err) => app.log.error({ err }, 'bus listener failed'));
+  // Directory writes are announced on the bus, and every node's cache follows them.
+  const detachCache = store.attach(bus);
   const runner = new Runner(
     { concurrency: config.runnerConcurrency, workRoot: join(config.dataDir, 'work') },
     app.log,
@@ -269,7 +271,6 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     async (api) => {
       await api.register(authRoutes, {
         store,
-        bus,
         policy,
         secret,
         tokenTtlS: config.tokenTtlS,
@@ -277,7 +278,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
         cookieSecure: config.cookieSecure,
         allowedOrigins: config.allowedOrigins,
       });
-      await api.register(projectRoutes, { store, policy, bus });
+      await api.register(projectRoutes, { store, policy });
       await api.register(runRoutes, { runs, policy, hub, metrics, eventsPageLimit: config.eventsPageLimit });
       if (config.gateways.sse) {
         await api.register(sseRoutes, {
@@ -369,6 +370,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
       await new Promise((resolve) => (metricsServer ? metricsServer.close(resolve) : resolve(undefined)));
       await runner.close();
       hub.close();
+      detachCache();
       await bus.close();
       await store.close();
     },

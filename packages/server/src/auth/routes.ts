@@ -10,7 +10,6 @@ import {
   type User,
 } from '@runcast/protocol';
 import { Type } from 'typebox';
-import type { Bus } from '../bus/bus.js';
 import { AppError } from '../errors.js';
 import { RateLimiter } from '../http/rate-limiter.js';
 import { newId } from '../ids.js';
@@ -23,8 +22,6 @@ import { generateApiToken, signAccessToken } from './tokens.js';
 
 export interface AuthRoutesOptions {
   store: Store;
-  /** Where ended sessions and revoked tokens are announced, so live connections end too. */
-  bus: Bus;
   policy: Policy;
   secret: string;
   tokenTtlS: number;
@@ -54,7 +51,7 @@ const DUMMY_HASH = hashPassword('runcast-timing-equaliser');
 
 /** Login, logout, me; users (admins); worker API tokens (admins and project operators). */
 export const authRoutes: FastifyPluginAsyncTypebox<AuthRoutesOptions> = async (app, options) => {
-  const { store, policy, bus } = options;
+  const { store, policy } = options;
   const loginLimiter = new RateLimiter(options.loginRateLimitPerMin, 60_000);
 
   app.post(
@@ -103,10 +100,7 @@ export const authRoutes: FastifyPluginAsyncTypebox<AuthRoutesOptions> = async (a
     { config: { public: true }, schema: { tags: ['auth'] } },
     async (request, reply) => {
       const principal = request.principal;
-      if (principal?.kind === 'user') {
-        await store.deleteSession(principal.sessionId);
-        bus.publishAccess({ kind: 'session-ended', session_id: principal.sessionId });
-      }
+      if (principal?.kind === 'user') await store.deleteSession(principal.sessionId);
       reply.clearCookie(SESSION_COOKIE, { path: '/' });
       return reply.code(204).send();
     },
@@ -127,7 +121,6 @@ export const authRoutes: FastifyPluginAsyncTypebox<AuthRoutesOptions> = async (a
     }
     // Every session of the user ends, this one included: log in again with the new password.
     await store.setPassword(principal.user.user_id, await hashPassword(request.body.new_password));
-    bus.publishAccess({ kind: 'user-sessions-ended', user_id: principal.user.user_id });
     reply.clearCookie(SESSION_COOKIE, { path: '/' });
     return reply.code(204).send();
   });
@@ -184,7 +177,6 @@ export const authRoutes: FastifyPluginAsyncTypebox<AuthRoutesOptions> = async (a
         throw new AppError('TOKEN_NOT_FOUND', `token ${request.params.token_id} not found`);
       }
       await store.revokeApiToken(token.token_id, new Date().toISOString());
-      bus.publishAccess({ kind: 'token-revoked', token_id: token.token_id });
       return reply.code(204).send();
     },
   );

@@ -1,35 +1,57 @@
 import type { RunEvent } from '@runcast/protocol';
 
-/** Receives committed events, in seq order per run. */
-export type BusListener = (events: readonly RunEvent[]) => void;
-
 /**
- * A change that may end someone's access: every live connection it concerns is checked again.
- * Published after the store committed the change.
+ * A write to users, sessions, tokens, projects or memberships, announced after it committed.
+ * Every node's read cache drops what it concerns; the Hub ends the live subscriptions whose
+ * access it ends.
  */
-export type AccessChange =
-  /** One login session ended (logout). */
-  | { kind: 'session-ended'; session_id: string }
+export type DirectoryChange =
+  | { kind: 'user-changed'; user_id: string }
   /** Every session of a user ended (password changed). */
   | { kind: 'user-sessions-ended'; user_id: string }
-  /** An API token was revoked. */
+  | { kind: 'session-created'; session_id: string }
+  /** One login session ended (logout). */
+  | { kind: 'session-ended'; session_id: string }
+  | { kind: 'token-created'; token_id: string }
   | { kind: 'token-revoked'; token_id: string }
-  /** A user's membership of a project was removed or its role changed. */
+  /** A project was created (its creator became a member). */
+  | { kind: 'project-created'; project_id: string; created_by: string }
+  /** A user's membership of a project was added, changed or removed. */
   | { kind: 'membership-changed'; project_id: string; user_id: string };
 
-export type AccessListener = (change: AccessChange) => void;
+/**
+ * Everything that travels between the parts of a node, and between nodes: named by kind, so
+ * that each listener takes only what it handles.
+ */
+export type BusMessage =
+  /** Events committed to a run, in seq order (gapless within the message). */
+  | { type: 'run-events'; events: readonly RunEvent[] }
+  /**
+   * A run reached `seq`, its events not included (too large to carry): whoever needs them reads
+   * them from the store.
+   */
+  | { type: 'run-reached'; run_id: string; seq: number }
+  | { type: 'directory'; change: DirectoryChange }
+  /** Stop executing a run (it was canceled): the node that owns it kills its work. */
+  | { type: 'cancel'; run_id: string }
+  /**
+   * Messages may have been lost (the bus reconnected): whoever keeps state derived from them
+   * catches up from the store.
+   */
+  | { type: 'resync' };
+
+export type BusMessageType = BusMessage['type'];
+export type MessageOf<T extends BusMessageType> = Extract<BusMessage, { type: T }>;
 
 /**
- * Carries committed run events from RunService to whoever delivers them, and access changes from
- * the routes that make them to every connection they may end. In-process by default; a networked
- * implementation fans out between server processes.
+ * Carries committed run events, directory changes and cancel requests from where they happen to
+ * whoever acts on them. Nothing downstream may assume that messages arrive in order, or at all:
+ * the store is the truth, and gaps are read from it. In-process by default; a networked
+ * implementation fans out between nodes.
  */
 export interface Bus {
-  publish(events: readonly RunEvent[]): void;
-  /** Returns the function that unsubscribes. */
-  subscribe(listener: BusListener): () => void;
-  publishAccess(change: AccessChange): void;
-  /** Returns the function that unsubscribes. */
-  subscribeAccess(listener: AccessListener): () => void;
+  publish(message: BusMessage): void;
+  /** Calls `listener` with every message of `type`; returns the function that unsubscribes. */
+  subscribe<T extends BusMessageType>(type: T, listener: (message: MessageOf<T>) => void): () => void;
   close(): Promise<void>;
 }

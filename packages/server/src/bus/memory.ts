@@ -1,55 +1,43 @@
-import type { RunEvent } from '@runcast/protocol';
-import type { AccessChange, AccessListener, Bus, BusListener } from './bus.js';
+import type { Bus, BusMessage, BusMessageType, MessageOf } from './bus.js';
 
-/** Calls every listener; one listener's bug must not keep the message from the others. */
-function callEach<T>(listeners: Iterable<(message: T) => void>, message: T, onError: (err: unknown) => void) {
-  for (const listener of listeners) {
-    try {
-      listener(message);
-    } catch (err) {
-      onError(err);
-    }
-  }
-}
-
-/** Adds a listener wrapped, so the same function subscribed twice is two subscriptions. */
-function add<T>(listeners: Set<(message: T) => void>, listener: (message: T) => void): () => void {
-  const entry = (message: T) => listener(message);
-  listeners.add(entry);
-  return () => {
-    listeners.delete(entry);
-  };
-}
+type Listener = (message: BusMessage) => void;
 
 /** The in-process Bus: listeners are called synchronously, in subscription order. */
 export class MemoryBus implements Bus {
-  private readonly listeners = new Set<BusListener>();
-  private readonly accessListeners = new Set<AccessListener>();
+  private readonly listeners = new Map<BusMessageType, Set<Listener>>();
 
   constructor(private readonly onListenerError: (err: unknown) => void = () => {}) {}
 
-  publish(events: readonly RunEvent[]): void {
-    if (events.length > 0) callEach(this.listeners, events, this.onListenerError);
+  publish(message: BusMessage): void {
+    if (message.type === 'run-events' && message.events.length === 0) return;
+    const listeners = this.listeners.get(message.type);
+    if (!listeners) return;
+    for (const listener of listeners) {
+      // One listener's bug must not keep the message from the others.
+      try {
+        listener(message);
+      } catch (err) {
+        this.onListenerError(err);
+      }
+    }
   }
 
-  subscribe(listener: BusListener): () => void {
-    return add(this.listeners, listener);
-  }
-
-  publishAccess(change: AccessChange): void {
-    callEach(this.accessListeners, change, this.onListenerError);
-  }
-
-  subscribeAccess(listener: AccessListener): () => void {
-    return add(this.accessListeners, listener);
-  }
-
-  get listenerCount(): number {
-    return this.listeners.size;
+  subscribe<T extends BusMessageType>(type: T, listener: (message: MessageOf<T>) => void): () => void {
+    let listeners = this.listeners.get(type);
+    if (!listeners) {
+      listeners = new Set();
+      this.listeners.set(type, listeners);
+    }
+    // A wrapper, so the same function subscribed twice is two subscriptions.
+    const entry: Listener = (message) => listener(message as MessageOf<T>);
+    listeners.add(entry);
+    const set = listeners;
+    return () => {
+      set.delete(entry);
+    };
   }
 
   async close(): Promise<void> {
     this.listeners.clear();
-    this.accessListeners.clear();
   }
 }

@@ -1,6 +1,7 @@
 import type { RunEvent, SnapshotEvent } from '@runcast/protocol';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { Principal } from '../auth/principal.js';
+import type { BusMessage } from '../bus/bus.js';
 import { MemoryBus } from '../bus/memory.js';
 import { Metrics } from '../metrics.js';
 import { RunService } from '../runs/run-service.js';
@@ -351,7 +352,7 @@ describe('Hub', () => {
     it('ends the connections of a session that ended, and only those', async () => {
       const ended = await following(user('ses_a'));
       const other = await following(user('ses_b'));
-      bus.publishAccess({ kind: 'session-ended', session_id: 'ses_a' });
+      bus.publish({ type: 'directory', change: { kind: 'session-ended', session_id: 'ses_a' } });
       expect(ended.sink.failed).toEqual([{ runId, code: 'UNAUTHORIZED' }]);
       expect(ended.sink.closedWith).toBe('ACCESS_ENDED');
       expect(other.sink.closedWith).toBeUndefined();
@@ -364,11 +365,17 @@ describe('Hub', () => {
     it('ends a run whose project the user may no longer read, after asking again', async () => {
       const member = await following(user('ses_a'));
       readable = true;
-      bus.publishAccess({ kind: 'membership-changed', project_id: 'prj_1', user_id: 'usr_1' });
+      bus.publish({
+        type: 'directory',
+        change: { kind: 'membership-changed', project_id: 'prj_1', user_id: 'usr_1' },
+      });
       await nextTick();
       expect(member.sink.failed).toEqual([]);
       readable = false;
-      bus.publishAccess({ kind: 'membership-changed', project_id: 'prj_1', user_id: 'usr_1' });
+      bus.publish({
+        type: 'directory',
+        change: { kind: 'membership-changed', project_id: 'prj_1', user_id: 'usr_1' },
+      });
       await until(() => member.sink.failed.length === 1);
       expect(member.sink.failed).toEqual([{ runId, code: 'RUN_NOT_FOUND' }]);
       expect(member.subscriber.hasRun(runId)).toBe(false);
@@ -403,10 +410,86 @@ describe('Hub', () => {
         via: 'bearer',
       };
       const wait = guarded.wait(runId, 0, 10_000, token);
-      bus.publishAccess({ kind: 'token-revoked', token_id: 'tok_1' });
+      bus.publish({ type: 'directory', change: { kind: 'token-revoked', token_id: 'tok_1' } });
       expect(await wait.done).toBe(false);
       expect(wait.ended).toMatchObject({ code: 'UNAUTHORIZED' });
       expect(guarded.stats().waiters).toBe(0);
+    });
+  });
+
+  describe('over a bus that reorders and drops messages', () => {
+    /** Passes `run-events` on late (out of order) or never; everything else as is. */
+    class UnreliableBus extends MemoryBus {
+      private seed = 42;
+      dropped = 0;
+      reordered = 0;
+      private random(): number {
+        // A fixed sequence: the same messages are dropped and reordered on every run.
+        this.seed = (this.seed * 1_103_515_245 + 12_345) % 2 ** 31;
+        return this.seed / 2 ** 31;
+      }
+      override publish(message: BusMessage): void {
+        if (message.type !== 'run-events') {
+          super.publish(message);
+          return;
+        }
+        const roll = this.random();
+        if (roll < 0.2) {
+          this.dropped++;
+          return;
+        }
+        if (roll < 0.5) {
+          this.reordered++;
+          const turns = 1 + Math.floor(this.random() * 3);
+          const later = (left: number): void => {
+            if (left === 0) super.publish(message);
+            else setImmediate(() => later(left - 1));
+          };
+          later(turns);
+          return;
+        }
+        super.publish(message);
+      }
+    }
+
+    it('delivers every log exactly once, in order, and the final state', async () => {
+      const bus = new UnreliableBus();
+      const unreliable = new RunService(store, bus);
+      const chaotic = new Hub(bus, unreliable, new Metrics(), { maxQueuedBytes: 10_000_000 });
+      try {
+        const run = await unreliable.create({ project_id: 'prj_1', kind: 'external', created_by: 'usr_1' });
+        const sinks = ['websocket', 'sse', 'websocket'].map((transport) => {
+          const sink = new RecordingSink(transport as 'websocket' | 'sse');
+          return { sink, subscriber: chaotic.attach(sink) };
+        });
+        for (const { subscriber } of sinks) {
+          await chaotic.open(subscriber, run.run_id, 0, new RecordingOpening().asOpening());
+        }
+        await unreliable.updateProgress(run.run_id, { status: 'RUNNING' });
+        const logs = 300;
+        for (let i = 0; i < logs; i++) {
+          await unreliable.appendLogs(run.run_id, [{ level: 'info', message: `line ${i}` }]);
+          if (i % 7 === 0) await unreliable.updateProgress(run.run_id, { progress: { percentage: i / 3 } });
+          if (i % 25 === 0) await nextTick();
+        }
+        await unreliable.updateProgress(run.run_id, { status: 'COMPLETED' });
+        // What a dead listener's replacement does: catch up from the store.
+        bus.publish({ type: 'resync' });
+        for (const { sink } of sinks) {
+          await until(() => sink.events.some((e) => e.isTerminal));
+          const seqs = sink.events.map((e) => e.seq);
+          expect(seqs).toEqual([...seqs].sort((a, b) => a - b));
+          expect(new Set(seqs).size).toBe(seqs.length);
+          const messages = sink.events.flatMap((e) => (e.event.type === 'log' ? [e.event.log.message] : []));
+          expect(messages).toEqual(Array.from({ length: logs }, (_, i) => `line ${i}`));
+          const last = sink.events[sink.events.length - 1]?.event;
+          expect(last?.type === 'update' && last.snapshot.status).toBe('COMPLETED');
+        }
+        expect(bus.dropped).toBeGreaterThan(20);
+        expect(bus.reordered).toBeGreaterThan(20);
+      } finally {
+        chaotic.close();
+      }
     });
   });
 });

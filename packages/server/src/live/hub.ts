@@ -1,6 +1,6 @@
-import { isTerminal, type RunEvent, type SnapshotEvent } from '@runcast/protocol';
+import { isTerminal, type LogEvent, type RunEvent, type SnapshotEvent } from '@runcast/protocol';
 import type { Principal } from '../auth/principal.js';
-import type { AccessChange, Bus } from '../bus/bus.js';
+import type { Bus, DirectoryChange } from '../bus/bus.js';
 import { AppError } from '../errors.js';
 import type { Metrics, TransportName } from '../metrics.js';
 import { toSnapshot } from '../runs/snapshot.js';
@@ -95,7 +95,7 @@ export function snapshotEvent(run: RunRecord, truncated: boolean): SnapshotEvent
 }
 
 /** What an access change means for a principal: its access ended, must be checked again, or neither. */
-function effectOf(change: AccessChange, principal: Principal): AccessError | 'recheck' | undefined {
+function effectOf(change: DirectoryChange, principal: Principal): AccessError | 'recheck' | undefined {
   switch (change.kind) {
     case 'session-ended':
       return principal.kind === 'user' && principal.sessionId === change.session_id
@@ -111,7 +111,27 @@ function effectOf(change: AccessChange, principal: Principal): AccessError | 're
         : undefined;
     case 'membership-changed':
       return principal.kind === 'user' && principal.user.user_id === change.user_id ? 'recheck' : undefined;
+    default:
+      return undefined;
   }
+}
+
+/**
+ * The subscribers of one run, and where the run's delivery stands. Bus messages may arrive out of
+ * order or not at all (several nodes, a reconnecting listener): events are fanned out in seq
+ * order only, an event ahead of a gap is held, and the gap is read from the store.
+ */
+interface Room {
+  subscribers: Set<Subscriber>;
+  projectId: string | undefined;
+  /** Seq of the last event fanned out; undefined until an opening read the run. */
+  deliveredSeq: number | undefined;
+  /** Events that arrived ahead of a gap, or before `deliveredSeq` was known, by seq. */
+  held: Map<number, RunEvent>;
+  /** A seq the run is known to have reached without its event (a `run-reached` message). */
+  reachedSeq: number;
+  filling: boolean;
+  refill: boolean;
 }
 
 const runGone = (runId: string): AccessError => ({
@@ -132,9 +152,7 @@ interface Tally {
  * (`FlushPacer`).
  */
 export class Hub implements SubscriberHooks {
-  private readonly rooms = new Map<string, Set<Subscriber>>();
-  /** The project of each run someone follows, for access checks when a membership changes. */
-  private readonly runProjects = new Map<string, string>();
+  private readonly rooms = new Map<string, Room>();
   private readonly subscribers = new Set<Subscriber>();
   /** Whose credentials each connection was opened with. */
   private readonly principals = new Map<Subscriber, Principal>();
@@ -153,8 +171,7 @@ export class Hub implements SubscriberHooks {
     polling: { events: 0, oldestMs: Number.POSITIVE_INFINITY },
   };
   private tallyScheduled = false;
-  private readonly unsubscribeBus: () => void;
-  private readonly unsubscribeAccess: () => void;
+  private readonly stopBus: (() => void)[];
 
   constructor(
     bus: Bus,
@@ -163,8 +180,12 @@ export class Hub implements SubscriberHooks {
     private readonly options: HubOptions,
   ) {
     this.pacer = new FlushPacer(options.nowMs ?? (() => performance.now()));
-    this.unsubscribeBus = bus.subscribe((events) => this.publish(events));
-    this.unsubscribeAccess = bus.subscribeAccess((change) => this.accessChanged(change));
+    this.stopBus = [
+      bus.subscribe('run-events', ({ events }) => this.publish(events)),
+      bus.subscribe('run-reached', ({ run_id, seq }) => this.reached(run_id, seq)),
+      bus.subscribe('directory', ({ change }) => this.accessChanged(change)),
+      bus.subscribe('resync', () => this.resync()),
+    ];
   }
 
   /**
@@ -256,7 +277,8 @@ export class Hub implements SubscriberHooks {
       }
       // The connection went away, or this subscription was replaced, while the page was read.
       if (subscriber.isClosed || !subscriber.isOpening(runId, token)) return undefined;
-      this.runProjects.set(runId, page.run.project_id);
+      const room = this.rooms.get(runId);
+      if (room) room.projectId = page.run.project_id;
       // Retention may prune between pages: a cursor it passed is a gap, said so in the snapshot.
       truncated ||= page.truncated;
       const last = page.events[page.events.length - 1];
@@ -268,6 +290,8 @@ export class Hub implements SubscriberHooks {
         const live = !isTerminal(page.run.status);
         writer.snapshot(snapshotEvent(page.run, truncated), live);
         writer.flush?.();
+        // The first opening of a room tells it where the run stands.
+        if (room && room.deliveredSeq === undefined) this.startDelivery(runId, room, page.run.seq);
         if (live) subscriber.openRun(runId, page.run.seq);
         else this.leave(subscriber, runId);
         return page.run;
@@ -332,7 +356,7 @@ export class Hub implements SubscriberHooks {
   }
 
   /** Ends what an access change ended: connections, their runs, pending long-polls. */
-  private accessChanged(change: AccessChange): void {
+  private accessChanged(change: DirectoryChange): void {
     for (const [subscriber, principal] of [...this.principals]) {
       const effect = effectOf(change, principal);
       if (effect === 'recheck' && change.kind === 'membership-changed') {
@@ -360,7 +384,7 @@ export class Hub implements SubscriberHooks {
   private async recheckRuns(subscriber: Subscriber, principal: Principal, projectId: string): Promise<void> {
     if (await this.readable(principal, projectId)) return;
     for (const runId of [...subscriber.runIds]) {
-      if (this.runProjects.get(runId) !== projectId) continue;
+      if (this.rooms.get(runId)?.projectId !== projectId) continue;
       this.leave(subscriber, runId);
       subscriber.sink.runFailed(runId, runGone(runId));
     }
@@ -405,7 +429,7 @@ export class Hub implements SubscriberHooks {
   /** Subscribers, subscriptions and pending polls now (tests assert cleanup with it). */
   stats(): { subscribers: number; rooms: number; subscriptions: number; waiters: number } {
     let subscriptions = 0;
-    for (const room of this.rooms.values()) subscriptions += room.size;
+    for (const room of this.rooms.values()) subscriptions += room.subscribers.size;
     let waiters = 0;
     for (const set of this.waiters.values()) waiters += set.size;
     return { subscribers: this.subscribers.size, rooms: this.rooms.size, subscriptions, waiters };
@@ -422,27 +446,151 @@ export class Hub implements SubscriberHooks {
   }
 
   close(): void {
-    this.unsubscribeBus();
-    this.unsubscribeAccess();
+    for (const stop of this.stopBus) stop();
     this.closeAll('SERVER_SHUTDOWN');
   }
 
-  /** Fans committed events out; each is encoded at most once whatever the number of subscribers. */
+  /**
+   * Committed events, as they arrive: fanned out in seq order, each encoded at most once whatever
+   * the number of subscribers; an event ahead of a gap waits while the gap is read from the store.
+   */
   publish(events: readonly RunEvent[]): void {
     for (const event of events) {
       this.metrics.eventsPublished.inc({ type: event.type });
       const room = this.rooms.get(event.run_id);
-      if (room && room.size > 0) {
-        const terminal = event.type === 'update' && isTerminal(event.snapshot.status);
-        const encoded = new EncodedEvent(event, terminal);
-        for (const subscriber of room) subscriber.push(encoded);
-      }
+      if (room) this.arrived(event.run_id, room, event);
     }
     // Something of this commit waits for the pending flush: the pacer counts such commits.
     if (this.flushScheduled) this.pacer.committed();
     const last = events[events.length - 1];
     const set = last && this.waiters.get(last.run_id);
     if (last && set) for (const waiter of [...set]) if (last.seq > waiter.afterSeq) waiter.wake();
+  }
+
+  /** One committed event for a room: out now if it is next, held if a gap is before it. */
+  private arrived(runId: string, room: Room, event: RunEvent): void {
+    const delivered = room.deliveredSeq;
+    if (delivered !== undefined && event.seq <= delivered) return; // already out
+    if (delivered === undefined || room.filling || event.seq > delivered + 1) {
+      room.held.set(event.seq, event);
+      if (delivered !== undefined) this.scheduleFill(runId, room);
+      return;
+    }
+    this.fanOut(room, event);
+    if (room.held.size > 0) this.releaseHeld(runId, room);
+  }
+
+  /** A run reached `seq` (its events not carried): read what this node has not delivered. */
+  private reached(runId: string, seq: number): void {
+    const room = this.rooms.get(runId);
+    if (!room || room.deliveredSeq === undefined || seq <= room.deliveredSeq) return;
+    room.reachedSeq = Math.max(room.reachedSeq, seq);
+    this.scheduleFill(runId, room);
+  }
+
+  /** Messages may have been lost: every room checks the store for what it missed. */
+  resync(): void {
+    for (const [runId, room] of this.rooms) {
+      if (room.deliveredSeq !== undefined) this.scheduleFill(runId, room);
+    }
+  }
+
+  private fanOut(room: Room, event: RunEvent): void {
+    room.deliveredSeq = event.seq;
+    const terminal = event.type === 'update' && isTerminal(event.snapshot.status);
+    const encoded = new EncodedEvent(event, terminal);
+    for (const subscriber of room.subscribers) subscriber.push(encoded);
+  }
+
+  /** The first opening read the run at `seq`: delivery starts there. */
+  private startDelivery(runId: string, room: Room, seq: number): void {
+    room.deliveredSeq = seq;
+    this.releaseHeld(runId, room);
+  }
+
+  /** Fans out the held events that follow what was delivered; a gap left is read from the store. */
+  private releaseHeld(runId: string, room: Room): void {
+    for (const seq of [...room.held.keys()]) if (seq <= (room.deliveredSeq ?? 0)) room.held.delete(seq);
+    for (;;) {
+      const next = room.held.get((room.deliveredSeq ?? 0) + 1);
+      if (!next) break;
+      room.held.delete(next.seq);
+      this.fanOut(room, next);
+    }
+    if (room.held.size > 0 || room.reachedSeq > (room.deliveredSeq ?? 0)) this.scheduleFill(runId, room);
+  }
+
+  /**
+   * Reads a gap from the store on the next turn (an event merely late arrives meanwhile):
+   * everything after the last delivered seq, in pages.
+   */
+  private scheduleFill(runId: string, room: Room): void {
+    if (room.filling) {
+      room.refill = true;
+      return;
+    }
+    room.filling = true;
+    setImmediate(() => {
+      this.fill(runId, room).catch(() => {
+        // The store did not answer: the next message or resync tries again.
+        room.filling = false;
+      });
+    });
+  }
+
+  private async fill(runId: string, room: Room): Promise<void> {
+    const limit = this.options.replayPageEvents ?? PAGE_EVENTS;
+    const maxBytes = this.options.replayPageBytes ?? PAGE_BYTES;
+    for (;;) {
+      room.refill = false;
+      const from = room.deliveredSeq ?? 0;
+      const ahead = room.held.size > 0 || room.reachedSeq > from;
+      if (!ahead || this.rooms.get(runId) !== room) break;
+      if (room.held.has(from + 1)) {
+        // What was missing arrived meanwhile.
+        room.filling = false;
+        this.releaseHeld(runId, room);
+        return;
+      }
+      const page = await this.replays.replay(runId, from, limit, maxBytes);
+      if (!page || this.rooms.get(runId) !== room) break;
+      const last = page.events[page.events.length - 1];
+      const upTo = page.more && last ? last.seq : page.run.seq;
+      this.fanOutRange(room, page.run, page.events, from, upTo);
+      if (!page.more && !room.refill && room.reachedSeq <= (room.deliveredSeq ?? 0)) break;
+    }
+    room.filling = false;
+    if (this.rooms.get(runId) === room && room.held.size > 0) this.releaseHeld(runId, room);
+  }
+
+  /**
+   * Fans out seqs `from`+1..`upTo` in order: held events and the logs read; a seq neither had is
+   * an update this node never got (or a pruned log), and the last of them goes out as an update
+   * carrying the run's state as read — unless the run is over and its terminal update is still
+   * to come.
+   */
+  private fanOutRange(
+    room: Room,
+    run: RunRecord,
+    logs: readonly LogEvent[],
+    from: number,
+    upTo: number,
+  ): void {
+    const read = new Map<number, RunEvent>();
+    for (const log of logs) read.set(log.seq, log);
+    let missing = -1;
+    for (let seq = from + 1; seq <= upTo; seq++) if (!room.held.has(seq) && !read.has(seq)) missing = seq;
+    const stateLater = isTerminal(run.status) && missing < run.seq;
+    for (let seq = from + 1; seq <= upTo; seq++) {
+      const event = room.held.get(seq) ?? read.get(seq);
+      room.held.delete(seq);
+      if (event) this.fanOut(room, event);
+      else if (seq === missing && !stateLater) {
+        const snapshot = { ...toSnapshot(run), seq };
+        this.fanOut(room, { run_id: run.run_id, seq, type: 'update', at: run.updated_at, snapshot });
+      }
+    }
+    room.deliveredSeq = Math.max(room.deliveredSeq ?? 0, upTo);
   }
 
   // SubscriberHooks
@@ -520,11 +668,19 @@ export class Hub implements SubscriberHooks {
     const token = subscriber.addRun(runId);
     let room = this.rooms.get(runId);
     if (!room) {
-      room = new Set();
+      room = {
+        subscribers: new Set(),
+        projectId: undefined,
+        deliveredSeq: undefined,
+        held: new Map(),
+        reachedSeq: 0,
+        filling: false,
+        refill: false,
+      };
       this.rooms.set(runId, room);
     }
-    if (room.has(subscriber)) return token;
-    room.add(subscriber);
+    if (room.subscribers.has(subscriber)) return token;
+    room.subscribers.add(subscriber);
     this.metrics.subscriptions.inc({ transport: subscriber.transport });
     return token;
   }
@@ -536,11 +692,8 @@ export class Hub implements SubscriberHooks {
 
   private leaveRoom(subscriber: Subscriber, runId: string): void {
     const room = this.rooms.get(runId);
-    if (!room?.delete(subscriber)) return;
-    if (room.size === 0) {
-      this.rooms.delete(runId);
-      this.runProjects.delete(runId);
-    }
+    if (!room?.subscribers.delete(subscriber)) return;
+    if (room.subscribers.size === 0) this.rooms.delete(runId);
     this.metrics.subscriptions.dec({ transport: subscriber.transport });
   }
 }

@@ -3,7 +3,6 @@ import { AddMember, CreateProject, type Project, ProjectId, UserId } from '@runc
 import { Type } from 'typebox';
 import { requirePrincipal } from '../auth/plugin.js';
 import type { Policy, ProjectAccess } from '../auth/policy.js';
-import type { Bus } from '../bus/bus.js';
 import { AppError } from '../errors.js';
 import { newId } from '../ids.js';
 import type { ProjectRecord, Store } from '../store/store.js';
@@ -11,8 +10,6 @@ import type { ProjectRecord, Store } from '../store/store.js';
 export interface ProjectRoutesOptions {
   store: Store;
   policy: Policy;
-  /** Where membership changes are announced, so live connections are checked again. */
-  bus: Bus;
 }
 
 const toProject = (project: ProjectRecord, role: ProjectAccess | null): Project => ({
@@ -27,7 +24,7 @@ const ProjectParams = Type.Object({ project_id: ProjectId });
 /** Projects and their members. */
 export const projectRoutes: FastifyPluginAsyncTypebox<ProjectRoutesOptions> = async (
   app,
-  { store, policy, bus },
+  { store, policy },
 ) => {
   app.post('/projects', { schema: { body: CreateProject, tags: ['projects'] } }, async (request, reply) => {
     const principal = requirePrincipal(request);
@@ -88,11 +85,6 @@ export const projectRoutes: FastifyPluginAsyncTypebox<ProjectRoutesOptions> = as
       const user = await store.getUser(request.body.user_id);
       if (!user) throw new AppError('USER_NOT_FOUND', `user ${request.body.user_id} not found`);
       await store.setMember(request.params.project_id, user.user_id, request.body.role);
-      bus.publishAccess({
-        kind: 'membership-changed',
-        project_id: request.params.project_id,
-        user_id: user.user_id,
-      });
       return reply.code(201).send({
         project_id: request.params.project_id,
         user_id: user.user_id,
@@ -112,11 +104,6 @@ export const projectRoutes: FastifyPluginAsyncTypebox<ProjectRoutesOptions> = as
       if (!(await store.removeMember(request.params.project_id, request.params.user_id))) {
         throw new AppError('USER_NOT_FOUND', `user ${request.params.user_id} is not a member`);
       }
-      bus.publishAccess({
-        kind: 'membership-changed',
-        project_id: request.params.project_id,
-        user_id: request.params.user_id,
-      });
       return reply.code(204).send();
     },
   );

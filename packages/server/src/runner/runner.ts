@@ -58,11 +58,7 @@ export class Runner implements RunKinds {
   /** Connects the runner to the RunService and the Bus, and recovers runs left by a previous process. */
   async start(runs: RunService, bus: Bus): Promise<void> {
     this.runs = runs;
-    this.unsubscribe = bus.subscribe((events) => {
-      for (const event of events) {
-        if (event.type === 'update' && event.snapshot.status === 'CANCELED') this.cancel(event.run_id);
-      }
-    });
+    this.unsubscribe = bus.subscribe('cancel', ({ run_id }) => this.cancel(run_id));
     // Nothing executes yet: work dirs left by a process that died are garbage.
     rmSync(this.options.workRoot, { recursive: true, force: true });
     // Only runs this process executes die with it; an external run's worker lives on.

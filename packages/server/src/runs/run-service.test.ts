@@ -16,7 +16,7 @@ describe('RunService', () => {
     store = new SqliteStore({ file: ':memory:', eventRetention: 5 });
     bus = new MemoryBus();
     published = [];
-    bus.subscribe((events) => published.push(...events));
+    bus.subscribe('run-events', ({ events }) => published.push(...events));
     runs = new RunService(store, bus);
     await store.createUser({
       user_id: 'usr_1',

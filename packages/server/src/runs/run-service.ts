@@ -206,9 +206,11 @@ export class RunService {
     );
   }
 
-  /** Ends a run CANCELED. */
-  cancel(runId: string): Promise<RunSnapshot> {
-    return this.setStatus(runId, 'CANCELED');
+  /** Ends a run CANCELED, and asks the node executing it to stop. */
+  async cancel(runId: string): Promise<RunSnapshot> {
+    const snapshot = await this.setStatus(runId, 'CANCELED');
+    this.bus.publish({ type: 'cancel', run_id: runId });
+    return snapshot;
   }
 
   /** Creates a new run with the configuration of a FAILED or CANCELED one. */
@@ -262,6 +264,6 @@ export class RunService {
 
   private publish({ run, logs }: RunChange): void {
     const events: RunEvent[] = logs.length > 0 ? [...logs] : [updateEvent(run, run.updated_at)];
-    this.bus.publish(events);
+    this.bus.publish({ type: 'run-events', events });
   }
 }

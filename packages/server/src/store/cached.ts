@@ -1,4 +1,5 @@
 import type { MemberRole } from '@runcast/protocol';
+import type { Bus, DirectoryChange } from '../bus/bus.js';
 import { ReadCache } from './read-cache.js';
 import type {
   ApiTokenRecord,
@@ -44,8 +45,10 @@ const DEFAULT_CAPACITY: CacheCapacity = { records: 10_000, runs: 5_000, membersh
  * A Store that keeps what every request reads — its session, user or API token, the run and the
  * project membership — in memory, and drops or replaces an entry on every write that changes it.
  *
- * Correct while this process is the only writer of the underlying store, as with the embedded
- * SQLite file. Records handed out are frozen: a caller that changed one would change the cache.
+ * With other writers (other nodes on a shared database), the Bus keeps it right: every directory
+ * write is announced (`directory`), and each node drops what a change concerns, wherever it was
+ * made; a run is dropped when any node commits past the seq cached. Records handed out are
+ * frozen: a caller that changed one would change the cache.
  */
 export class CachedStore implements Store, CachedRecords {
   private readonly users: ReadCache<string, UserRecord | undefined>;
@@ -54,6 +57,7 @@ export class CachedStore implements Store, CachedRecords {
   private readonly projects: ReadCache<string, ProjectRecord | undefined>;
   private readonly runs: ReadCache<string, RunRecord | undefined>;
   private readonly memberships: ReadCache<string, MemberRole | undefined>;
+  private bus: Bus | undefined;
 
   constructor(
     private readonly inner: Store,
@@ -65,6 +69,87 @@ export class CachedStore implements Store, CachedRecords {
     this.projects = new ReadCache(capacity.records);
     this.runs = new ReadCache(capacity.runs);
     this.memberships = new ReadCache(capacity.memberships);
+  }
+
+  /**
+   * Announces this store's directory writes on `bus` and follows every node's: directory changes,
+   * run commits, and a resync (the bus may have lost messages) that empties the cache. Returns
+   * the function that stops following.
+   */
+  attach(bus: Bus): () => void {
+    this.bus = bus;
+    const stops = [
+      bus.subscribe('directory', ({ change }) => this.forget(change)),
+      bus.subscribe('run-events', ({ events }) => {
+        const last = events[events.length - 1];
+        if (last) this.runReached(last.run_id, last.seq);
+      }),
+      bus.subscribe('run-reached', ({ run_id, seq }) => this.runReached(run_id, seq)),
+      bus.subscribe('resync', () => this.clear()),
+    ];
+    return () => {
+      for (const stop of stops) stop();
+      this.bus = undefined;
+    };
+  }
+
+  /** Drops what a directory change makes stale. */
+  private forget(change: DirectoryChange): void {
+    switch (change.kind) {
+      case 'user-changed':
+        this.users.delete(change.user_id);
+        return;
+      case 'user-sessions-ended':
+        this.users.delete(change.user_id);
+        this.sessions.deleteWhere((session) => session?.user_id === change.user_id);
+        return;
+      case 'session-created': {
+        // The store deletes expired sessions as it creates one.
+        const now = new Date().toISOString();
+        this.sessions.deleteWhere((cached) => cached === undefined || cached.expires_at < now);
+        this.sessions.delete(change.session_id);
+        return;
+      }
+      case 'session-ended':
+        this.sessions.delete(change.session_id);
+        return;
+      case 'token-created':
+      case 'token-revoked':
+        this.tokens.delete(change.token_id);
+        return;
+      case 'project-created':
+        this.projects.delete(change.project_id);
+        this.memberships.delete(membershipKey(change.project_id, change.created_by));
+        return;
+      case 'membership-changed':
+        this.memberships.delete(membershipKey(change.project_id, change.user_id));
+        return;
+    }
+  }
+
+  /** Forgets `change` here and tells every node. */
+  private changed(change: DirectoryChange): void {
+    this.forget(change);
+    this.bus?.publish({ type: 'directory', change });
+  }
+
+  /** A commit reached `seq`: a run cached at an older seq is stale (another node wrote it). */
+  private runReached(runId: string, seq: number): void {
+    const cached = this.runs.get(runId);
+    if (cached && cached.seq < seq) this.runs.delete(runId);
+  }
+
+  private clear(): void {
+    for (const cache of [
+      this.users,
+      this.sessions,
+      this.tokens,
+      this.projects,
+      this.runs,
+      this.memberships,
+    ]) {
+      (cache as ReadCache<string, unknown>).clear();
+    }
   }
 
   cachedUser(userId: string): UserRecord | undefined {
@@ -102,7 +187,7 @@ export class CachedStore implements Store, CachedRecords {
 
   async createUser(user: UserRecord): Promise<void> {
     await this.inner.createUser(user);
-    this.users.delete(user.user_id);
+    this.changed({ kind: 'user-changed', user_id: user.user_id });
   }
 
   getUser(userId: string): Promise<UserRecord | undefined> {
@@ -125,17 +210,13 @@ export class CachedStore implements Store, CachedRecords {
     try {
       await this.inner.setPassword(userId, passwordHash);
     } finally {
-      this.users.delete(userId);
-      this.sessions.deleteWhere((session) => session?.user_id === userId);
+      this.changed({ kind: 'user-sessions-ended', user_id: userId });
     }
   }
 
   async createSession(session: SessionRecord): Promise<void> {
     await this.inner.createSession(session);
-    // The store deletes expired sessions as it creates one.
-    const now = new Date().toISOString();
-    this.sessions.deleteWhere((cached) => cached === undefined || cached.expires_at < now);
-    this.sessions.delete(session.session_id);
+    this.changed({ kind: 'session-created', session_id: session.session_id });
   }
 
   getSession(sessionId: string): Promise<SessionRecord | undefined> {
@@ -146,13 +227,13 @@ export class CachedStore implements Store, CachedRecords {
     try {
       await this.inner.deleteSession(sessionId);
     } finally {
-      this.sessions.delete(sessionId);
+      this.changed({ kind: 'session-ended', session_id: sessionId });
     }
   }
 
   async createApiToken(token: ApiTokenRecord): Promise<void> {
     await this.inner.createApiToken(token);
-    this.tokens.delete(token.token_id);
+    this.changed({ kind: 'token-created', token_id: token.token_id });
   }
 
   getApiToken(tokenId: string): Promise<ApiTokenRecord | undefined> {
@@ -167,14 +248,13 @@ export class CachedStore implements Store, CachedRecords {
     try {
       await this.inner.revokeApiToken(tokenId, at);
     } finally {
-      this.tokens.delete(tokenId);
+      this.changed({ kind: 'token-revoked', token_id: tokenId });
     }
   }
 
   async createProject(project: ProjectRecord): Promise<void> {
     await this.inner.createProject(project);
-    this.projects.delete(project.project_id);
-    this.memberships.delete(membershipKey(project.project_id, project.created_by));
+    this.changed({ kind: 'project-created', project_id: project.project_id, created_by: project.created_by });
   }
 
   getProject(projectId: string): Promise<ProjectRecord | undefined> {
@@ -189,7 +269,7 @@ export class CachedStore implements Store, CachedRecords {
     try {
       await this.inner.setMember(projectId, userId, role);
     } finally {
-      this.memberships.delete(membershipKey(projectId, userId));
+      this.changed({ kind: 'membership-changed', project_id: projectId, user_id: userId });
     }
   }
 
@@ -197,7 +277,7 @@ export class CachedStore implements Store, CachedRecords {
     try {
       return await this.inner.removeMember(projectId, userId);
     } finally {
-      this.memberships.delete(membershipKey(projectId, userId));
+      this.changed({ kind: 'membership-changed', project_id: projectId, user_id: userId });
     }
   }
 

@@ -481,7 +481,7 @@ export class ProgressService {
     const state = fresh ? 'connecting' : this.change.state;
     this.setState(state, this.change.state === 'connected' ? this.change.method : method, this.change.reason);
     this.open(transport, opened);
-    if (this.raceAfterMs !== null && index < this.order.length - 1 && this.probes.size === 0) {
+    if (this.raceAfterMs !== null && index < this.order.length - 1) {
       this.raceTimer = this.env.setTimeout(() => {
         this.raceTimer = undefined;
         this.race(transport, index);

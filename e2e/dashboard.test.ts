@@ -181,7 +181,8 @@ describe('the run dashboard in Chromium', () => {
     const page = await openPage('viewer', 'viewer-password', `/runs/${runId}`);
     await expectMethod(page, 'websocket');
     await page.context().setOffline(true);
-    await page.locator('.indicator[data-state="reconnecting"]').waitFor({ timeout: 30_000 });
+    // The server cannot be reached at all: offline on the same method, not a fallback.
+    await page.locator('.indicator[data-state="offline"][data-method="none"]').waitFor({ timeout: 30_000 });
     await page.screenshot({ path: join(ARTIFACTS, 'indicator-reconnecting.png'), animations: 'disabled' });
     for (let i = 0; i < 100; i += 10) {
       const entries = Array.from({ length: 10 }, (_, j) => ({ level: 'info', message: `line ${i + j}` }));
@@ -211,6 +212,35 @@ describe('the run dashboard in Chromium', () => {
       await page.getByTestId('status').filter({ hasText: 'CANCELED' }).waitFor();
     }
     expect((await world.viewer.get(`/runs/${runId}`)).body.status).toBe('CANCELED');
+  });
+
+  it('opened late on a FAILED run, shows every line of its log', async () => {
+    const runId = await newRun();
+    await report(world.worker, runId, 30, 'working');
+    for (let i = 1; i <= 4; i++)
+      await world.worker.post(`/runs/${runId}/logs`, { level: 'info', message: `step ${i}` });
+    await world.worker.post(`/runs/${runId}/logs`, { level: 'error', message: 'step 5 failed: disk full' });
+    await world.worker.patch(`/runs/${runId}/progress`, { status: 'FAILED' });
+    const page = await openPage('viewer', 'viewer-password', `/runs/${runId}`);
+    await page.getByTestId('status').filter({ hasText: 'FAILED' }).waitFor();
+    const log = page.getByTestId('log');
+    await log.getByText('step 5 failed: disk full').waitFor();
+    expect(await log.locator('.line').allTextContents()).toHaveLength(5);
+    for (let i = 1; i <= 4; i++) expect(await log.getByText(`step ${i}`, { exact: true }).count()).toBe(1);
+  });
+
+  it('sends the reader to the login page when the session ends', async () => {
+    const runId = await newRun();
+    await report(world.worker, runId, 10, 'working');
+    const page = await openPage('viewer', 'viewer-password', `/runs/${runId}`);
+    await page.getByTestId('status').filter({ hasText: 'RUNNING' }).waitFor();
+    // The session ends on the server (as from another tab): the live subscription ends with it.
+    const ended = await page.evaluate(
+      async () => (await fetch('/api/v1/auth/logout', { method: 'POST' })).status,
+    );
+    expect(ended).toBeLessThan(300);
+    await page.getByLabel('Password').waitFor({ timeout: 15_000 });
+    expect(new URL(page.url()).pathname).toBe(`/runs/${runId}`);
   });
 
   it('opens deep links after logging in', async () => {

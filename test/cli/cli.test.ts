@@ -118,6 +118,18 @@ describe('the runcast CLI', () => {
     expect(ran.stdout).not.toContain('\x1b[');
   });
 
+  it('watch opened on a finished run prints its whole log, then its end', async () => {
+    const runId = await newRun();
+    await produce(runId);
+    const ran = await runcast(['watch', runId], env);
+    expect(ran.stderr).toBe('');
+    expect(ran.code).toBe(0);
+    const lines = ran.stdout.trim().split('\n');
+    for (let i = 0; i < 5; i++)
+      expect(lines.filter((line) => line.endsWith(`[info] line ${i}`))).toHaveLength(1);
+    expect(lines.at(-1)).toMatch(/^COMPLETED in \d+s$/);
+  });
+
   it('watch draws a live view with a progress bar in a pseudo-terminal', async () => {
     const runId = await newRun();
     const ran = await runcast(

@@ -7,7 +7,7 @@ import {
   type TestServer,
   type World,
 } from '../../packages/server/src/test-support/server.js';
-import { Collector } from '../support/collector.js';
+import { Collector, eventually } from '../support/collector.js';
 
 let server: TestServer;
 let world: World;
@@ -34,7 +34,8 @@ describe.each<ConnectionMethod>(['websocket', 'sse', 'polling'])(
       service.subscribeToRun(runId, (event) => seen.push(event));
       await seen.until((events) => events.length > 0);
       expect(seen.events[0]?.type).toBe('snapshot');
-      expect(service.getConnectionMethod()).toBe(method);
+      // The opening snapshot may come over REST before the method has connected.
+      await eventually(() => service.getConnectionMethod() === method);
       await world.worker.patch(`/runs/${runId}/progress`, { status: 'RUNNING' });
       for (let i = 0; i < 20; i++)
         await world.worker.post(`/runs/${runId}/logs`, { level: 'info', message: `line ${i}` });

@@ -5,6 +5,7 @@ export {
   ProgressService,
   type ProgressServiceOptions,
   type ServiceStats,
+  type SubscribeOptions,
 } from './progress-service.js';
 export {
   type BackoffOptions,

@@ -57,6 +57,12 @@ function setup(config: SetupOptions = {}) {
     fallbackAfterFailures: 2,
     failureWindowMs: WINDOW_MS,
     upgradeProbeIntervalMs: PROBE_INTERVAL_MS,
+    // Racing, the REST opening and failure classification have their own tests (first-snapshot,
+    // failure-classification): here every failure counts against its method, one at a time.
+    raceAfterMs: null,
+    openingFetch: false,
+    healthyAfterMs: Number.POSITIVE_INFINITY,
+    isServerReachable: () => true,
     reconnectPolicy: config.policy ?? new RecordingPolicy(RETRY_DELAY_MS),
     env: fakeEnvironment(clock, wake),
     createTransport: factory.create,
@@ -122,9 +128,11 @@ describe('ProgressService fallback', () => {
     expect(lastChange()).toMatchObject({ state: 'connected', method: 'polling', reason: 'fallback: error' });
     expect(types(events)).toEqual(['snapshot']);
 
-    // Telemetry: each fallback transport tells the server what it replaced and why.
+    // Telemetry: the first transport of each fallback tells the server what it replaced and
+    // why; its retries do not report the same fallback again.
     expect(factory.last('websocket').context.fallback).toBeUndefined();
-    expect(factory.last('sse').context.fallback).toEqual({ from: 'websocket', reason: 'error' });
+    expect(factory.byMethod('sse')[0]?.context.fallback).toEqual({ from: 'websocket', reason: 'error' });
+    expect(factory.last('sse').context.fallback).toBeUndefined();
     expect(factory.last('polling').context.fallback).toEqual({ from: 'sse', reason: 'error' });
     // Every failed attempt was closed; only polling stays open.
     expect(factory.open()).toEqual([factory.last('polling')]);

@@ -491,7 +491,7 @@ describe('RunReporter complete and fail', () => {
     expect(completed).toEqual({ done: true, error: undefined });
     expect(() => reporter.log('info', 'late')).toThrow(RuncastError);
     expect(() => reporter.update({})).toThrow(/closed/);
-    await expect(reporter.complete()).rejects.toMatchObject({ code: 'REPORTER_CLOSED' });
+    await expect(reporter.complete()).rejects.toMatchObject({ code: 'CLOSED' });
     expect(clock.pendingTimers()).toBe(0);
   });
 

@@ -206,16 +206,16 @@ export class RunReporter {
     this.maxBatchBytes = options.maxBatchBytes ?? 128 * 1024;
     this.requestTimeoutMs = options.requestTimeoutMs ?? 30_000;
     if (!(this.batchIntervalMs >= 0)) {
-      throw new RuncastError('INVALID_OPTION', `batchIntervalMs must be >= 0, not ${this.batchIntervalMs}`);
+      throw new RuncastError('INVALID_INPUT', `batchIntervalMs must be >= 0, not ${this.batchIntervalMs}`);
     }
     if (!Number.isInteger(this.maxBatch) || this.maxBatch < 1 || this.maxBatch > MAX_BATCH_LIMIT) {
-      throw new RuncastError('INVALID_OPTION', `maxBatch must be an integer in 1..${MAX_BATCH_LIMIT}`);
+      throw new RuncastError('INVALID_INPUT', `maxBatch must be an integer in 1..${MAX_BATCH_LIMIT}`);
     }
     if (!(this.maxBatchBytes > 0)) {
-      throw new RuncastError('INVALID_OPTION', `maxBatchBytes must be > 0, not ${this.maxBatchBytes}`);
+      throw new RuncastError('INVALID_INPUT', `maxBatchBytes must be > 0, not ${this.maxBatchBytes}`);
     }
     if (!(this.requestTimeoutMs > 0)) {
-      throw new RuncastError('INVALID_OPTION', `requestTimeoutMs must be > 0, not ${this.requestTimeoutMs}`);
+      throw new RuncastError('INVALID_INPUT', `requestTimeoutMs must be > 0, not ${this.requestTimeoutMs}`);
     }
     this.retryPolicy =
       options.retryPolicy ??
@@ -322,7 +322,7 @@ export class RunReporter {
   }
 
   private closedError(): RuncastError {
-    return new RuncastError('REPORTER_CLOSED', 'the reporter is closed; it takes no more calls');
+    return new RuncastError('CLOSED', 'the reporter is closed; it takes no more calls');
   }
 
   private enqueueUpdate(patch: ProgressUpdate): void {

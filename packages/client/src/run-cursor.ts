@@ -19,6 +19,16 @@ export class RunCursor {
   /** The last state delivered, as a snapshot event (a later callback on the run starts from it). */
   lastState: SnapshotEvent | undefined;
   private lastStateKey = '';
+  /**
+   * Why `accept` last dropped an event: its seq was already delivered (`duplicate`), or it
+   * repeated the state already delivered at a later seq (`unchanged`, which is no duplicate).
+   */
+  lastDrop: 'duplicate' | 'unchanged' | undefined;
+
+  /** `since`: resume after this seq from the start (0 replays every retained log first). */
+  constructor(since?: number) {
+    this.lastSeq = since;
+  }
 
   /**
    * The event to hand to the callback, or undefined to drop it as already seen. A transport's
@@ -26,26 +36,28 @@ export class RunCursor {
    * gap (`events_truncated`), which the app must see as a snapshot.
    */
   accept(event: ProgressEvent): ProgressEvent | undefined {
+    this.lastDrop = undefined;
     if (event.type === 'error') return event;
     const last = this.lastSeq ?? -1;
     if (event.type === 'log') {
-      if (event.seq <= last) return undefined;
+      if (event.seq <= last) return this.drop('duplicate');
       this.lastSeq = event.seq;
       return event;
     }
     const terminal = ['COMPLETED', 'FAILED', 'CANCELED'].includes(event.snapshot.status);
     let out: ProgressEvent;
-    if (event.type === 'snapshot' && (this.lastSeq === undefined || event.events_truncated)) {
+    // The first state is the opening snapshot, even after the logs of a history replay.
+    if (event.type === 'snapshot' && (this.lastState === undefined || event.events_truncated)) {
       out = event;
     } else {
       // State at seq S after the logs up to S (a poll) is new; state already seen is not.
-      if (event.seq < last || event.seq <= this.stateSeq) return undefined;
+      if (event.seq < last || event.seq <= this.stateSeq) return this.drop('duplicate');
       // A transport's opening snapshot (or a poll) that only repeats the state already delivered
       // — the seq moved on through logs — is no update.
       if (event.type === 'snapshot' && stateKey(event.snapshot) === this.lastStateKey) {
         this.lastSeq = Math.max(last, event.seq);
         this.stateSeq = event.seq;
-        return undefined;
+        return this.drop('unchanged');
       }
       out =
         event.type === 'snapshot'
@@ -64,5 +76,10 @@ export class RunCursor {
     this.lastStateKey = stateKey(event.snapshot);
     if (terminal) this.finished = true;
     return out;
+  }
+
+  private drop(reason: 'duplicate' | 'unchanged'): undefined {
+    this.lastDrop = reason;
+    return undefined;
   }
 }

@@ -18,8 +18,21 @@ export interface TransportContext {
   env: Environment;
   /** Where each followed run resumes from (the last seq delivered), asked at every (re)open. */
   cursor(runId: string): number | undefined;
-  /** Telemetry: why this transport is in use, when it replaced another. */
+  /**
+   * Telemetry: why this transport is in use, when it replaced another. Reported once, with the
+   * first request (or handshake): the server counts fallbacks, not requests.
+   */
   fallback: { from: ConnectionMethod; reason: string } | undefined;
+  /** What the service learned about the network, shared by every transport it builds. */
+  hints: NetworkHints;
+}
+
+/** Limits learned from proxies that cut idle connections. */
+export interface NetworkHints {
+  /** Seconds a long-poll may wait on the server (the contract allows up to 30). */
+  pollWaitS: number;
+  /** Keep-alive interval to ask of an SSE stream (`?keepalive=`); unset until a cut was seen. */
+  keepaliveS: number | undefined;
 }
 
 /**
@@ -32,6 +45,8 @@ export interface Transport {
   connect(runIds: readonly string[], handlers: TransportHandlers): Promise<void>;
   subscribe(runId: string): void;
   unsubscribe(runId: string): void;
+  /** Opens `runId` again from its current cursor (its opening may have skipped logs). */
+  resume(runId: string): void;
   close(): void;
 }
 
@@ -43,7 +58,7 @@ export async function currentToken(source: TokenSource): Promise<string | undefi
   return typeof source === 'function' ? await source() : source;
 }
 
-/** Headers for an HTTP transport: credentials (if a token) and the telemetry fields. */
+/** Headers for an HTTP transport: credentials (if a token) and, on the first request only, the fallback report. */
 export async function requestHeaders(
   context: TransportContext,
   method: ConnectionMethod,
@@ -51,9 +66,17 @@ export async function requestHeaders(
   const headers: Record<string, string> = { 'x-runcast-transport': method };
   const token = await currentToken(context.token);
   if (token) headers.authorization = `Bearer ${token}`;
-  if (context.fallback) {
-    headers['x-runcast-fallback-from'] = context.fallback.from;
-    headers['x-runcast-fallback-reason'] = context.fallback.reason;
+  const fallback = takeFallback(context);
+  if (fallback) {
+    headers['x-runcast-fallback-from'] = fallback.from;
+    headers['x-runcast-fallback-reason'] = fallback.reason;
   }
   return headers;
+}
+
+/** The fallback report, once: later requests of the same transport carry none. */
+export function takeFallback(context: TransportContext): TransportContext['fallback'] {
+  const fallback = context.fallback;
+  context.fallback = undefined;
+  return fallback;
 }

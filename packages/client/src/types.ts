@@ -11,6 +11,8 @@ export type ConnectionState =
   | 'connecting'
   | 'connected'
   | 'reconnecting'
+  /** The server cannot be reached at all (refused, DNS, offline): the same method retries. */
+  | 'offline'
   | 'closed'
   /** The credentials were refused (401, or `UNAUTHORIZED` at the handshake): no more retries. */
   | 'unauthorized';

@@ -1,6 +1,6 @@
 import type { ConnectionChange, ProgressEvent } from '@runcast/client';
 import type { LogEvent, RunSnapshot } from '@runcast/protocol';
-import { useEffect, useState } from 'react';
+import { useEffect, useRef, useState } from 'react';
 import { progressService } from './progress.js';
 
 /** What a run's page shows: its state, its log (each seq once), and what went wrong. */
@@ -10,6 +10,8 @@ export interface RunView {
   /** Every stage the run reported, in the order first seen. */
   stages: string[];
   error: string | undefined;
+  /** The contract's code of `error` (`RUN_NOT_FOUND`, `UNAUTHORIZED`…). */
+  errorCode: string | undefined;
   /** Earlier log lines fell out of the server's retention. */
   truncated: boolean;
   lastEventAt: number | undefined;
@@ -20,6 +22,7 @@ const EMPTY: RunView = {
   logs: [],
   stages: [],
   error: undefined,
+  errorCode: undefined,
   truncated: false,
   lastEventAt: undefined,
 };
@@ -28,35 +31,61 @@ function addStage(stages: string[], stage: string | null | undefined): string[] 
   return stage && !stages.includes(stage) ? [...stages, stage] : stages;
 }
 
-/** Follows a run live through the shared ProgressService. */
+/** How often arriving log lines are drawn: a replay of thousands of lines is one render, not thousands. */
+const LOG_FLUSH_MS = 50;
+
+/**
+ * Follows a run through the shared ProgressService, from its retained history (every log line
+ * the server keeps), then live.
+ */
 export function useRun(runId: string): RunView {
   const [view, setView] = useState<RunView>(EMPTY);
+  const pendingLogs = useRef<LogEvent[]>([]);
   useEffect(() => {
     setView(EMPTY);
-    return progressService.subscribeToRun(runId, (event: ProgressEvent) => {
-      setView((current) => {
-        const now = Date.now();
-        switch (event.type) {
-          case 'error':
-            return { ...current, error: event.error.message, lastEventAt: now };
-          case 'log':
-            return {
-              ...current,
-              logs: [...current.logs, event],
-              stages: addStage(current.stages, event.log.stage),
-              lastEventAt: now,
-            };
-          default:
-            return {
-              ...current,
-              snapshot: event.snapshot,
-              stages: addStage(current.stages, event.snapshot.stage),
-              truncated: current.truncated || (event.type === 'snapshot' && event.events_truncated === true),
-              lastEventAt: now,
-            };
+    pendingLogs.current = [];
+    let flushTimer: ReturnType<typeof setTimeout> | undefined;
+    const flush = () => {
+      flushTimer = undefined;
+      const logs = pendingLogs.current;
+      if (logs.length === 0) return;
+      pendingLogs.current = [];
+      setView((current) => ({
+        ...current,
+        logs: current.logs.concat(logs),
+        stages: logs.reduce((stages, event) => addStage(stages, event.log.stage), current.stages),
+        lastEventAt: Date.now(),
+      }));
+    };
+    const stop = progressService.subscribeToRun(
+      runId,
+      (event: ProgressEvent) => {
+        if (event.type === 'log') {
+          pendingLogs.current.push(event);
+          flushTimer ??= setTimeout(flush, LOG_FLUSH_MS);
+          return;
         }
-      });
-    });
+        // A state comes after the logs before it.
+        flush();
+        setView((current) => {
+          const now = Date.now();
+          if (event.type === 'error')
+            return { ...current, error: event.error.message, errorCode: event.error.code, lastEventAt: now };
+          return {
+            ...current,
+            snapshot: event.snapshot,
+            stages: addStage(current.stages, event.snapshot.stage),
+            truncated: current.truncated || (event.type === 'snapshot' && event.events_truncated === true),
+            lastEventAt: now,
+          };
+        });
+      },
+      { history: true },
+    );
+    return () => {
+      if (flushTimer) clearTimeout(flushTimer);
+      stop();
+    };
   }, [runId]);
   return view;
 }

@@ -7,6 +7,8 @@ interface Session {
   user: User | null | undefined;
   login(username: string, password: string): Promise<void>;
   logout(): Promise<void>;
+  /** The server refused the session (expired, logged out elsewhere): back to the login page. */
+  signedOut(): void;
 }
 
 const SessionContext = createContext<Session | undefined>(undefined);
@@ -30,7 +32,13 @@ export function SessionProvider({ children }: { children: ReactNode }) {
     setToken(undefined);
     setUser(null);
   }, []);
-  return <SessionContext.Provider value={{ user, login, logout }}>{children}</SessionContext.Provider>;
+  const signedOut = useCallback(() => {
+    setToken(undefined);
+    setUser(null);
+  }, []);
+  return (
+    <SessionContext.Provider value={{ user, login, logout, signedOut }}>{children}</SessionContext.Provider>
+  );
 }
 
 export function useSession(): Session {

@@ -112,12 +112,19 @@ export class FakeWakeSignals {
   }
 }
 
-/** A whole Environment of fakes; the network parts fail loudly, as fake transports never use them. */
-export function fakeEnvironment(clock: FakeClock, wake = new FakeWakeSignals()): Environment {
+/**
+ * A whole Environment of fakes; the network fails loudly (fake transports never use it) unless
+ * the test passes its own `fetch`.
+ */
+export function fakeEnvironment(
+  clock: FakeClock,
+  wake = new FakeWakeSignals(),
+  fetch: typeof globalThis.fetch = () => Promise.reject(new TypeError('fake environment: no network')),
+): Environment {
   return {
     ...clock.environment(),
     onWake: wake.onWake,
-    fetch: () => Promise.reject(new Error('fake environment: no network')),
+    fetch,
     createSocket: () => {
       throw new Error('fake environment: no sockets');
     },
@@ -141,6 +148,7 @@ type ConnectState = 'idle' | 'pending' | 'resolved' | 'rejected' | 'dropped';
 export class FakeTransport implements Transport {
   readonly subscribed: string[] = [];
   readonly unsubscribed: string[] = [];
+  readonly resumed: string[] = [];
   closeCalls = 0;
   /** The run ids `connect` was given, and each run's cursor at that moment. */
   connectRunIds: readonly string[] | undefined;
@@ -176,6 +184,10 @@ export class FakeTransport implements Transport {
 
   unsubscribe(runId: string): void {
     this.unsubscribed.push(runId);
+  }
+
+  resume(runId: string): void {
+    this.resumed.push(runId);
   }
 
   close(): void {

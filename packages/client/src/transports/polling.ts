@@ -6,15 +6,102 @@ import {
   type TransportContext,
   type TransportHandlers,
 } from '../transport.js';
+import type { ProgressEvent } from '../types.js';
 
-/** Seconds a poll waits on the server for something new (the contract allows up to 30). */
-const WAIT_S = 25;
 const TERMINAL = new Set(['COMPLETED', 'FAILED', 'CANCELED']);
+/** Statuses a proxy answers when it gave up on a long-poll that waited longer than it allows. */
+const PROXY_CUT = new Set([502, 504]);
+
+/** What one request for a run's progress brought. */
+type PollOutcome =
+  /** 304: nothing new since the cursor. */
+  | { kind: 'unchanged' }
+  /** A page of missed logs; more follow before the state. */
+  | { kind: 'more'; truncated: boolean }
+  /** The logs and the state at the run's seq were handed over. */
+  | { kind: 'state'; terminal: boolean }
+  /** The run ended for this caller (not found, forbidden): its error event was handed over. */
+  | { kind: 'run-error' }
+  /** A proxy cut a long-poll after `waitedMs`: the wait is longer than the proxy allows. */
+  | { kind: 'cut'; waitedMs: number };
+
+/**
+ * One `GET /runs/{id}/progress?since=<seq>&wait=<s>` with `If-None-Match`, its answer handed to
+ * `onEvent` in the contract's order: the missed logs, then the state at the run's seq (as a
+ * snapshot; the service turns it into an update when it is not the first). A gap reported on an
+ * earlier page (`truncatedBefore`) is announced with the state. Throws on any other failure.
+ */
+async function pollOnce(
+  context: TransportContext,
+  runId: string,
+  waitS: number,
+  truncatedBefore: boolean,
+  signal: AbortSignal,
+  onEvent: (event: ProgressEvent) => void,
+): Promise<PollOutcome> {
+  const since = context.cursor(runId);
+  const query = new URLSearchParams();
+  const headers = await requestHeaders(context, 'polling');
+  if (since !== undefined) {
+    query.set('since', String(since));
+    if (waitS > 0) query.set('wait', String(waitS));
+    headers['if-none-match'] = `"${since}"`;
+  }
+  const startedMs = context.env.now();
+  const response = await context.env.fetch(
+    `${context.baseUrl}/api/v1/runs/${encodeURIComponent(runId)}/progress${since === undefined ? '' : `?${query}`}`,
+    { headers, credentials: 'include', cache: 'no-store', signal },
+  );
+  if (response.status === 304) return { kind: 'unchanged' };
+  const waitedMs = context.env.now() - startedMs;
+  // A gateway error after a real wait is a proxy's idle timeout, not a failure of the server.
+  if (PROXY_CUT.has(response.status) && waitS > 0 && waitedMs >= 1000) return { kind: 'cut', waitedMs };
+  if (!response.ok) {
+    const error = await errorFromResponse(response);
+    if (!RUN_ERROR_CODES.has(error.code)) throw error;
+    onEvent({ run_id: runId, type: 'error', error: { code: error.code, message: error.message } });
+    return { kind: 'run-error' };
+  }
+  const body = (await response.json()) as ProgressResponse;
+  if (signal.aborted) return { kind: 'unchanged' };
+  const { events, events_truncated, events_more, ...snapshot } = body;
+  for (const event of (events ?? []) as LogEvent[]) onEvent(event);
+  const truncated = truncatedBefore || events_truncated === true;
+  if (events_more) return { kind: 'more', truncated };
+  onEvent({
+    run_id: runId,
+    seq: snapshot.seq,
+    type: 'snapshot',
+    at: new Date(context.env.now()).toISOString(),
+    snapshot: snapshot as RunSnapshot,
+    ...(truncated ? { events_truncated: true } : {}),
+  });
+  return { kind: 'state', terminal: TERMINAL.has(body.status) };
+}
+
+/**
+ * A run's state now over REST, with the logs missed since its cursor (every page of them), in
+ * the order a transport's opening brings them. One round trip when nothing was missed.
+ */
+export async function fetchRunOnce(
+  context: TransportContext,
+  runId: string,
+  signal: AbortSignal,
+  onEvent: (event: ProgressEvent) => void,
+): Promise<void> {
+  let truncated = false;
+  for (;;) {
+    const outcome = await pollOnce(context, runId, 0, truncated, signal, onEvent);
+    if (outcome.kind !== 'more') return;
+    truncated = outcome.truncated;
+  }
+}
 
 /**
  * REST long-polling, the last resort: per run, one request at a time —
- * `GET /runs/{id}/progress?since=<seq>&wait=25` with `If-None-Match` — which the server answers
- * as soon as something commits, or with 304 at the deadline. Stops at the terminal state.
+ * `GET /runs/{id}/progress?since=<seq>&wait=<s>` with `If-None-Match` — which the server answers
+ * as soon as something commits, or with 304 at the deadline. Stops at the terminal state. A
+ * proxy that cuts long-polls (502/504 after a wait) shortens the wait for every later poll.
  */
 export class PollingTransport implements Transport {
   readonly method = 'polling' as const;
@@ -24,10 +111,7 @@ export class PollingTransport implements Transport {
   private opened = false;
   private settle: ((error?: RuncastError) => void) | undefined;
 
-  constructor(
-    private readonly context: TransportContext,
-    private readonly waitS = WAIT_S,
-  ) {}
+  constructor(private readonly context: TransportContext) {}
 
   connect(runIds: readonly string[], handlers: TransportHandlers): Promise<void> {
     this.handlers = handlers;
@@ -64,80 +148,59 @@ export class PollingTransport implements Transport {
     this.loops.delete(runId);
   }
 
+  /** The loop reads the cursor before every poll: the next one resumes from it anyway. */
+  resume(_runId: string): void {}
+
   private async poll(runId: string, controller: AbortController): Promise<void> {
+    const hints = this.context.hints;
     // A gap reported on the first page of a paged catch-up is announced with the final state.
     let truncated = false;
     // The first request answers at once, so that a working transport is known at once.
     let wait = 0;
+    const onEvent = (event: ProgressEvent) => {
+      if (!controller.signal.aborted) this.handlers?.onEvent(event);
+    };
     while (!controller.signal.aborted) {
-      const since = this.context.cursor(runId);
-      const query = new URLSearchParams();
-      const headers = await requestHeaders(this.context, 'polling');
-      if (since !== undefined) {
-        query.set('since', String(since));
-        if (wait > 0) query.set('wait', String(wait));
-        headers['if-none-match'] = `"${since}"`;
-      }
       const startedMs = this.context.env.now();
-      const response = await this.context.env.fetch(
-        `${this.context.baseUrl}/api/v1/runs/${encodeURIComponent(runId)}/progress${since === undefined ? '' : `?${query}`}`,
-        { headers, credentials: 'include', cache: 'no-store', signal: controller.signal },
-      );
-      if (controller.signal.aborted) return;
       const waited = wait > 0;
-      wait = this.waitS;
-      if (response.status === 304) {
-        // Nothing new. A long-poll answered at once means there is nothing to wait for (a run
-        // already over): pause, so that polling never turns into a busy loop.
-        this.markOpen();
-        if (waited && this.context.env.now() - startedMs < 1000) await this.pause(1000, controller.signal);
-        continue;
-      }
-      if (!response.ok) {
-        const error = await errorFromResponse(response);
-        if (RUN_ERROR_CODES.has(error.code)) {
+      const outcome = await pollOnce(this.context, runId, wait, truncated, controller.signal, onEvent);
+      if (controller.signal.aborted) return;
+      wait = hints.pollWaitS;
+      switch (outcome.kind) {
+        case 'cut':
+          // Wait a little less than the proxy allowed, from now on.
+          hints.pollWaitS = Math.max(
+            1,
+            Math.min(hints.pollWaitS - 1, Math.floor(outcome.waitedMs / 1000) - 1),
+          );
+          wait = hints.pollWaitS;
+          this.markOpen();
+          continue;
+        case 'unchanged':
+          // Nothing new. A long-poll answered at once means there is nothing to wait for (a run
+          // already over): pause, so that polling never turns into a busy loop.
+          this.markOpen();
+          if (waited && this.context.env.now() - startedMs < 1000) await this.pause(1000, controller.signal);
+          continue;
+        case 'run-error':
           this.loops.delete(runId);
-          this.handlers?.onEvent({
-            run_id: runId,
-            type: 'error',
-            error: { code: error.code, message: error.message },
-          });
           this.markOpen();
           return;
-        }
-        throw error;
-      }
-      const body = (await response.json()) as ProgressResponse;
-      if (controller.signal.aborted) return;
-      truncated ||= body.events_truncated === true;
-      this.deliver(runId, body, truncated);
-      if (!body.events_more) truncated = false;
-      this.markOpen();
-      // Only part of the missed logs came: fetch the rest before taking the state.
-      if (body.events_more) continue;
-      if (TERMINAL.has(body.status)) {
-        this.loops.delete(runId);
-        return;
+        case 'more':
+          // Only part of the missed logs came: fetch the rest before taking the state.
+          truncated = outcome.truncated;
+          this.markOpen();
+          wait = 0;
+          continue;
+        case 'state':
+          truncated = false;
+          this.markOpen();
+          if (outcome.terminal) {
+            this.loops.delete(runId);
+            return;
+          }
       }
     }
-  }
-
-  /**
-   * Hands over a poll's answer in the contract's order: the missed logs, then the state at the
-   * run's seq (as a snapshot; the service turns it into an update when it is not the first).
-   */
-  private deliver(runId: string, body: ProgressResponse, truncated: boolean): void {
-    const { events, events_truncated: _truncated, events_more, ...snapshot } = body;
-    for (const event of (events ?? []) as LogEvent[]) this.handlers?.onEvent(event);
-    if (events_more) return;
-    this.handlers?.onEvent({
-      run_id: runId,
-      seq: snapshot.seq,
-      type: 'snapshot',
-      at: new Date(this.context.env.now()).toISOString(),
-      snapshot: snapshot as RunSnapshot,
-      ...(truncated ? { events_truncated: true } : {}),
-    });
   }
 
   private pause(ms: number, signal: AbortSignal): Promise<void> {

@@ -75,6 +75,9 @@ export class SseTransport implements Transport {
     });
     const query = new URLSearchParams({ runs: runIds.join(',') });
     if (cursors.length > 0) query.set('since', cursors.join(','));
+    // Asked only once a proxy was seen to cut an idle stream: an older server refuses the field.
+    const keepaliveS = this.context.hints.keepaliveS;
+    if (keepaliveS !== undefined) query.set('keepalive', String(keepaliveS));
     const headers = await requestHeaders(this.context, 'sse');
     headers.accept = 'text/event-stream';
     const response = await this.context.env.fetch(`${this.context.baseUrl}/api/v1/stream?${query}`, {
@@ -184,6 +187,10 @@ export class SseTransport implements Transport {
     if (this.runs.has(runId)) return;
     this.runs.add(runId);
     this.scheduleReopen();
+  }
+
+  resume(runId: string): void {
+    if (this.runs.has(runId)) this.scheduleReopen();
   }
 
   unsubscribe(runId: string): void {

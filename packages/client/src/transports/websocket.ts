@@ -1,7 +1,13 @@
 import type { SubscribeAck } from '@runcast/protocol';
 import type { Socket } from 'socket.io-client';
-import { RUN_ERROR_CODES, RuncastError } from '../errors.js';
-import { currentToken, type Transport, type TransportContext, type TransportHandlers } from '../transport.js';
+import { RUN_ERROR_CODES, RuncastError, wireCode } from '../errors.js';
+import {
+  currentToken,
+  type Transport,
+  type TransportContext,
+  type TransportHandlers,
+  takeFallback,
+} from '../transport.js';
 import type { ProgressEvent } from '../types.js';
 
 const ACK_TIMEOUT_MS = 15_000;
@@ -26,9 +32,10 @@ export class WebSocketTransport implements Transport {
     const token = await currentToken(this.context.token);
     const auth: Record<string, string> = { transport: 'websocket' };
     if (token) auth.token = token;
-    if (this.context.fallback) {
-      auth.fallback_from = this.context.fallback.from;
-      auth.fallback_reason = this.context.fallback.reason;
+    const fallback = takeFallback(this.context);
+    if (fallback) {
+      auth.fallback_from = fallback.from;
+      auth.fallback_reason = fallback.reason;
     }
     if (this.closed) throw new RuncastError('CLOSED', 'transport closed');
     const socket = this.context.env.createSocket(this.context.wsUrl, {
@@ -52,7 +59,7 @@ export class WebSocketTransport implements Transport {
         }
       };
       socket.on('connect_error', (err: Error & { data?: { code?: string } }) => {
-        const error = new RuncastError(err.data?.code ?? 'CONNECT_FAILED', err.message);
+        const error = new RuncastError(wireCode(err.data?.code), err.message);
         this.shutdown();
         settle(error);
       });
@@ -89,7 +96,7 @@ export class WebSocketTransport implements Transport {
           this.handlers?.onEvent({ run_id: runId, type: 'error', error: ack.error });
           settle?.();
         } else {
-          this.fail(new RuncastError(ack.error.code, ack.error.message), settle);
+          this.fail(new RuncastError(wireCode(ack.error.code), ack.error.message), settle);
         }
       })
       .catch(() => this.fail(new RuncastError('TIMEOUT', `no answer to subscribe ${runId}`), settle));
@@ -106,6 +113,11 @@ export class WebSocketTransport implements Transport {
     if (this.runs.has(runId)) return;
     this.runs.add(runId);
     if (this.socket?.connected) this.sendSubscribe(runId);
+  }
+
+  resume(runId: string): void {
+    // The server opens a run it already follows again from the new cursor.
+    if (this.runs.has(runId) && this.socket?.connected) this.sendSubscribe(runId);
   }
 
   unsubscribe(runId: string): void {

@@ -151,30 +151,35 @@ export function watchRun(target: Target, runId: string, options: WatchOptions): 
       }
       if (options.tty) schedule();
     });
-    service.subscribeToRun(runId, (event) => {
-      if (event.type === 'error') {
-        reject(new CliError(`${event.error.code}: ${event.error.message}`, EXIT.api));
-        service.close();
-        return;
-      }
-      if (event.type === 'log') {
-        logs.push(event);
-        if (logs.length > 100) logs.shift();
-        if (!options.tty) options.out.write(`${logLine(event)}\n`);
-      } else {
-        snapshot = event.snapshot;
-        if (!options.tty) plainState();
-      }
-      if (options.tty) schedule();
-      if (snapshot && isTerminal(snapshot.status)) {
-        finish(
-          snapshot.status === 'COMPLETED'
-            ? EXIT.ok
-            : snapshot.status === 'CANCELED'
-              ? EXIT.runCanceled
-              : EXIT.runFailed,
-        );
-      }
-    });
+    // The log so far first (every line the server keeps), then live.
+    service.subscribeToRun(
+      runId,
+      (event) => {
+        if (event.type === 'error') {
+          reject(new CliError(`${event.error.code}: ${event.error.message}`, EXIT.api));
+          service.close();
+          return;
+        }
+        if (event.type === 'log') {
+          logs.push(event);
+          if (logs.length > 100) logs.shift();
+          if (!options.tty) options.out.write(`${logLine(event)}\n`);
+        } else {
+          snapshot = event.snapshot;
+          if (!options.tty) plainState();
+        }
+        if (options.tty) schedule();
+        if (snapshot && isTerminal(snapshot.status)) {
+          finish(
+            snapshot.status === 'COMPLETED'
+              ? EXIT.ok
+              : snapshot.status === 'CANCELED'
+                ? EXIT.runCanceled
+                : EXIT.runFailed,
+          );
+        }
+      },
+      { history: true },
+    );
   });
 }

@@ -9,6 +9,16 @@ const LOOK: Record<ConnectionMethod, { icon: string; label: string; tone: string
   polling: { icon: '🔄', label: 'Polling', tone: 'poor', note: 'Last-resort fallback' },
 };
 
+/** Each state that is not "connected" in words of its own: offline is not signed out. */
+const STATE_TEXT: Partial<Record<ConnectionChange['state'], string>> = {
+  connecting: '⏳ Connecting…',
+  reconnecting: '⏳ Reconnecting…',
+  offline: '📴 Offline',
+  closed: '⛔ Disconnected',
+  unauthorized: '🔒 Signed out',
+  idle: '○ Idle',
+};
+
 export interface ConnectionIndicatorProps {
   connection: ConnectionChange;
   /** When the last event arrived (ms since the epoch). */
@@ -24,15 +34,7 @@ export function ConnectionIndicator({ connection, lastEventAt }: ConnectionIndic
   const now = useNow(1000);
   const connected = connection.state === 'connected' && connection.method !== null;
   const look = connected && connection.method ? LOOK[connection.method] : undefined;
-  const text = look
-    ? `${look.icon} ${look.label}`
-    : connection.state === 'closed'
-      ? '⛔ Disconnected'
-      : connection.state === 'unauthorized'
-        ? '🔒 Signed out'
-        : connection.state === 'idle'
-          ? '○ Idle'
-          : '⏳ Reconnecting…';
+  const text = look ? `${look.icon} ${look.label}` : (STATE_TEXT[connection.state] ?? '⏳ Reconnecting…');
   const tone = look?.tone ?? 'offline';
   const announcement = look ? `Live updates over ${look.label}` : `Live updates: ${text.slice(2)}`;
   return (
@@ -49,6 +51,13 @@ export function ConnectionIndicator({ connection, lastEventAt }: ConnectionIndic
       >
         {text}
       </button>
+      {!look && (
+        <span className="muted last-update" data-testid="last-update">
+          {lastEventAt
+            ? `last update ${new Date(lastEventAt).toLocaleTimeString('en-GB', { hour12: false })}`
+            : 'no update yet'}
+        </span>
+      )}
       <span className="sr-only" aria-live="polite" role="status">
         {announcement}
       </span>

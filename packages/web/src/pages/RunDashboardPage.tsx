@@ -10,11 +10,18 @@ import { StatusBadge } from '../components/StatusBadge.js';
 import { shortId } from '../format.js';
 import { useConnection, useRun } from '../hooks.js';
 import { Link, navigate } from '../router.js';
+import { useSession } from '../session.js';
 
 /** One run, live: header with the connection indicator, stages, progress, stats, log. */
 export function RunDashboardPage({ runId }: { runId: string }) {
   const view = useRun(runId);
   const connection = useConnection();
+  const { signedOut } = useSession();
+  const refused = connection.state === 'unauthorized' || view.errorCode === 'UNAUTHORIZED';
+  useEffect(() => {
+    // The session ended: the login page, which brings the reader back to this run.
+    if (refused) signedOut();
+  }, [refused, signedOut]);
   const [project, setProject] = useState<Project>();
   const [actionError, setActionError] = useState<string>();
   const snapshot = view.snapshot;
@@ -38,8 +45,12 @@ export function RunDashboardPage({ runId }: { runId: string }) {
         <nav className="breadcrumb" aria-label="Breadcrumb">
           <Link href="/">Projects</Link>
         </nav>
-        <p className="form-error" role="alert">
-          {view.error}
+        <p className="form-error" role="alert" data-testid="run-error">
+          {view.errorCode === 'RUN_NOT_FOUND'
+            ? 'Run not found — it does not exist, or you may not see it.'
+            : view.errorCode === 'FORBIDDEN'
+              ? `You may not see this run: ${view.error}`
+              : view.error}
         </p>
       </main>
     );
@@ -73,7 +84,9 @@ export function RunDashboardPage({ runId }: { runId: string }) {
         </p>
       )}
       {!snapshot ? (
-        <p className="muted">Connecting…</p>
+        <p className="muted" aria-busy="true">
+          Loading run…
+        </p>
       ) : (
         <>
           <h1 className="run-title">

@@ -8,6 +8,10 @@ import { existsSync, readFileSync, rmSync } from 'node:fs';
 const DEBIAN_PACKAGES = [
   { check: 'command -v git', pkg: 'git' },
   { check: 'command -v chromium', pkg: 'chromium' },
+  // test/proxy runs deploy/nginx.conf and deploy/haproxy.cfg behind a self-signed certificate.
+  { check: 'test -x /usr/sbin/nginx || command -v nginx', pkg: 'nginx' },
+  { check: 'test -x /usr/sbin/haproxy || command -v haproxy', pkg: 'haproxy' },
+  { check: 'command -v openssl', pkg: 'openssl' },
   // The connection indicator's icons are emoji: screenshots need a font that has them.
   { check: 'test -e /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf', pkg: 'fonts-noto-color-emoji' },
 ];

@@ -10,6 +10,9 @@ export default defineConfig({
   resolve: { conditions: ['@runcast/source'] },
   // Split deployments set the API and WebSocket origins at build time, under either name.
   envPrefix: ['VITE_', 'REACT_APP_'],
+  // Relative asset URLs: the server mounts the dashboard at RUNCAST_BASE_PATH and writes that
+  // path into index.html as <base href>.
+  base: './',
   build: { outDir: 'dist', sourcemap: true },
   server: {
     proxy: {

@@ -1,4 +1,4 @@
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { join } from 'node:path';
 import cors from '@fastify/cors';
@@ -22,10 +22,12 @@ import type { Bus } from './bus/bus.js';
 import { MemoryBus } from './bus/memory.js';
 import type { Config } from './config.js';
 import { AppError } from './errors.js';
+import { answerOutsideBasePath, stripBasePath } from './http/base-path.js';
 import { answerClientError } from './http/client-error.js';
 import { ConnectionDrain, waitUntil } from './http/drain.js';
 import { registerErrorHandling, sendError } from './http/error-handler.js';
 import { registerJsonBodyParser } from './http/json-body.js';
+import { ProxyTrust } from './http/proxy-trust.js';
 import { createValidatorCompiler } from './http/validation.js';
 import { Hub } from './live/hub.js';
 import { attachSocketGateway } from './live/socket.js';
@@ -96,30 +98,33 @@ function timeoutCheckIntervalMs(config: Config): number {
   return Math.min(30_000, Math.max(250, Math.floor(config.headersTimeoutMs / 4)));
 }
 
-const ROOT_PAGE = `<!doctype html>
+const rootPage = (basePath: string) => `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Runcast</title>
 <style>body{font:16px/1.5 system-ui,sans-serif;max-width:40rem;margin:4rem auto;padding:0 1rem;color:#1f2933}</style>
 </head><body><h1>Runcast</h1>
 <p>Live progress for long migrations over WebSocket, Server-Sent Events and polling.</p>
-<p>The API is served under <code>/api/v1</code>; its reference is at <a href="/docs">/docs</a>.</p>
+<p>The API is served under <code>${basePath}/api/v1</code>; its reference is at <a href="${basePath}/docs">${basePath}/docs</a>.</p>
 </body></html>`;
 
 /**
  * Serves the dashboard's build at `/`, with client-side routes (`/runs/…`, `/projects/…`)
  * answered by its index.html. Without a build, `/` explains where the API is.
  */
-async function serveDashboard(app: FastifyInstance, webDir: string): Promise<void> {
-  if (!existsSync(join(webDir, 'index.html'))) {
-    app.get('/', { schema: { hide: true } }, async (_request, reply) =>
-      reply.type('text/html').send(ROOT_PAGE),
-    );
+async function serveDashboard(app: FastifyInstance, webDir: string, basePath: string): Promise<void> {
+  const indexFile = join(webDir, 'index.html');
+  if (!existsSync(indexFile)) {
+    const page = rootPage(basePath);
+    app.get('/', { schema: { hide: true } }, async (_request, reply) => reply.type('text/html').send(page));
     return;
   }
-  await app.register(fastifyStatic, { root: webDir, wildcard: false, index: ['index.html'] });
-  const spa = async (_request: unknown, reply: { sendFile(name: string): unknown }) =>
-    reply.sendFile('index.html');
-  for (const route of ['/runs/*', '/projects/*', '/projects', '/login']) {
-    app.get(route, { schema: { hide: true } }, spa);
+  // The build's URLs are relative (Vite `base: './'`): this <base> makes them resolve under the
+  // path the server is mounted at from any deep link, and tells the dashboard that path.
+  const index = readFileSync(indexFile, 'utf8').replace('<head>', `<head>\n    <base href="${basePath}/" />`);
+  await app.register(fastifyStatic, { root: webDir, wildcard: false, index: false });
+  const page = async (_request: unknown, reply: FastifyReply) =>
+    reply.type('text/html; charset=utf-8').header('cache-control', 'no-cache').send(index);
+  for (const route of ['/', '/runs/*', '/projects/*', '/projects', '/login']) {
+    app.get(route, { schema: { hide: true } }, page);
   }
 }
 
@@ -154,6 +159,8 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     }),
   );
   let pollFastPath: PollFastPath | undefined;
+  const proxyTrust = new ProxyTrust(config.trustProxy);
+  const { basePath } = config;
   const app = Fastify({
     logger: {
       level: config.logLevel,
@@ -177,7 +184,8 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     frameworkErrors: (err, _request, reply) => {
       sendError(reply, new AppError('INVALID_INPUT', err.message));
     },
-    trustProxy: false,
+    // request.ip (logs, the login throttle) is the client's address behind trusted proxies.
+    trustProxy: proxyTrust.trusts,
     // Malformed requests and request timeouts, refused by Node before Fastify sees them.
     clientErrorHandler: answerClientError,
     // The HTTP server Fastify would make, with one addition: a poll answered from memory skips
@@ -192,6 +200,11 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
           connectionsCheckingInterval: timeoutCheckIntervalMs(config),
         },
         (request, response) => {
+          // Socket.IO takes its requests (`<base>/socket.io`) before this handler.
+          if (basePath !== '' && !stripBasePath(request, basePath)) {
+            answerOutsideBasePath(response, basePath);
+            return;
+          }
           if (!pollFastPath?.tryAnswer(request, response)) handler(request, response);
         },
       );
@@ -240,9 +253,13 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
       info: { title: 'Runcast API', version: '1' },
       components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
       security: [{ bearer: [] }],
+      ...(basePath !== '' ? { servers: [{ url: basePath }] } : {}),
     },
   });
-  await app.register(swaggerUi, { routePrefix: '/docs' });
+  await app.register(swaggerUi, {
+    routePrefix: '/docs',
+    ...(basePath !== '' ? { indexPrefix: basePath } : {}),
+  });
   if (config.allowedOrigins.length > 0) {
     // A dashboard built for another origin (split deployment) calls the API cross-origin.
     await app.register(cors, {
@@ -259,7 +276,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
       methods: ['GET', 'POST', 'PATCH', 'DELETE'],
     });
   }
-  await app.register(authPlugin, { authenticator, allowedOrigins: config.allowedOrigins });
+  await app.register(authPlugin, { authenticator, allowedOrigins: config.allowedOrigins, proxyTrust });
   pollFastPath = new PollFastPath({
     authenticator,
     policy,
@@ -277,6 +294,8 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
         loginRateLimitPerMin: config.loginRateLimitPerMin,
         cookieSecure: config.cookieSecure,
         allowedOrigins: config.allowedOrigins,
+        proxyTrust,
+        cookiePath: basePath || '/',
       });
       await api.register(projectRoutes, { store, policy });
       await api.register(runRoutes, { runs, policy, hub, metrics, eventsPageLimit: config.eventsPageLimit });
@@ -301,7 +320,11 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
         authenticator,
         metrics,
         allowedOrigins: config.allowedOrigins,
+        proxyTrust,
         parseCookies: (header) => app.parseCookie(header),
+        path: `${basePath}/socket.io`,
+        pingIntervalMs: config.wsPingIntervalMs,
+        pingTimeoutMs: config.wsPingTimeoutMs,
       })
     : undefined;
   drain.watch(app.server, io !== undefined);
@@ -338,7 +361,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
       return reply.code(503).send({ error: { code: cause.code, message: cause.message } });
     }
   });
-  await serveDashboard(app, config.webDir);
+  await serveDashboard(app, config.webDir, basePath);
 
   // Scrapers on a private address get /metrics without credentials; elsewhere it needs an admin.
   const metricsServer = config.metricsPort !== undefined ? createMetricsServer(metrics) : undefined;

@@ -1,5 +1,6 @@
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { parseTrustProxy, type TrustProxy } from './http/proxy-trust.js';
 
 /** Every setting of the server, read from env and flags once and validated. */
 export interface Config {
@@ -24,12 +25,16 @@ export interface Config {
   eventRetention: number;
   /** Lifetime of a login token. */
   tokenTtlS: number;
-  /** Login attempts allowed per client address and minute. */
+  /** Failed logins allowed per client address, and per username, within a minute. */
   loginRateLimitPerMin: number;
   /** Origins besides the server's own that may send cookie-authenticated state changes. */
   allowedOrigins: string[];
-  /** Set the Secure flag on the session cookie (behind HTTPS). */
+  /** Set the Secure flag on the session cookie even on requests that came over plain HTTP. */
   cookieSecure: boolean;
+  /** Whose `X-Forwarded-*` headers give the client's address, scheme and host. */
+  trustProxy: TrustProxy;
+  /** The path everything is served under (`/runcast`), or '' for the root. */
+  basePath: string;
   /** SQLite `synchronous`: NORMAL survives a process crash; FULL also a power loss. */
   sqliteSynchronous: 'NORMAL' | 'FULL';
   /** Most events one `GET /progress?since=` or `/events` answer carries. */
@@ -38,6 +43,9 @@ export interface Config {
   sseKeepaliveMs: number;
   /** Reconnect delay SSE streams ask clients to use (`retry:`). */
   sseRetryMs: number;
+  /** Socket.IO heartbeat: a ping every interval, the connection closed when no pong came within the timeout. */
+  wsPingIntervalMs: number;
+  wsPingTimeoutMs: number;
   /** Bytes a live subscriber may have queued before it is disconnected as too slow. */
   subscriberQueueLimitBytes: number;
   /** When set, `/metrics` is also served without authentication on this port (and host). */
@@ -115,6 +123,25 @@ function gateways(raw: string | undefined): Config['gateways'] {
   return { websocket: names.includes('websocket'), sse: names.includes('sse') };
 }
 
+function basePath(raw: string | undefined): string {
+  const value = (raw ?? '').trim().replace(/\/+$/, '');
+  if (value === '') return '';
+  if (!/^(\/[A-Za-z0-9._~-]+)+$/.test(value)) {
+    throw new ConfigError(`RUNCAST_BASE_PATH must look like /runcast or /apps/runcast, got "${raw}"`);
+  }
+  return value;
+}
+
+function trustProxy(raw: string | undefined): TrustProxy {
+  try {
+    return parseTrustProxy(raw);
+  } catch (err) {
+    throw new ConfigError(
+      `RUNCAST_TRUST_PROXY must be true, a hop count or a comma-separated list of addresses: ${(err as Error).message}`,
+    );
+  }
+}
+
 /** Reads the configuration from `env` and command-line `args` (flags win over env). */
 export function loadConfig(env: Env = process.env, args: string[] = []): Config {
   let flags: Record<string, string | undefined>;
@@ -183,6 +210,8 @@ export function loadConfig(env: Env = process.env, args: string[] = []): Config 
     loginRateLimitPerMin: integer('RUNCAST_LOGIN_RATE_LIMIT', env.RUNCAST_LOGIN_RATE_LIMIT, 10, 1, 100_000),
     allowedOrigins,
     cookieSecure: boolean('RUNCAST_COOKIE_SECURE', env.RUNCAST_COOKIE_SECURE, false),
+    trustProxy: trustProxy(env.RUNCAST_TRUST_PROXY),
+    basePath: basePath(env.RUNCAST_BASE_PATH),
     sqliteSynchronous: oneOf(
       'RUNCAST_SQLITE_SYNCHRONOUS',
       env.RUNCAST_SQLITE_SYNCHRONOUS,
@@ -192,6 +221,20 @@ export function loadConfig(env: Env = process.env, args: string[] = []): Config 
     eventsPageLimit: integer('RUNCAST_EVENTS_PAGE_LIMIT', env.RUNCAST_EVENTS_PAGE_LIMIT, 1000, 1, 100_000),
     sseKeepaliveMs: integer('RUNCAST_SSE_KEEPALIVE_MS', env.RUNCAST_SSE_KEEPALIVE_MS, 15_000, 10, 3_600_000),
     sseRetryMs: integer('RUNCAST_SSE_RETRY_MS', env.RUNCAST_SSE_RETRY_MS, 2000, 0, 600_000),
+    wsPingIntervalMs: integer(
+      'RUNCAST_WS_PING_INTERVAL_MS',
+      env.RUNCAST_WS_PING_INTERVAL_MS,
+      25_000,
+      100,
+      3_600_000,
+    ),
+    wsPingTimeoutMs: integer(
+      'RUNCAST_WS_PING_TIMEOUT_MS',
+      env.RUNCAST_WS_PING_TIMEOUT_MS,
+      20_000,
+      100,
+      3_600_000,
+    ),
     subscriberQueueLimitBytes: integer(
       'RUNCAST_SUBSCRIBER_QUEUE_LIMIT',
       env.RUNCAST_SUBSCRIBER_QUEUE_LIMIT,

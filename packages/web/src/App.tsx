@@ -4,7 +4,7 @@ import { NewRunPage } from './pages/NewRunPage.js';
 import { ProjectRunsPage } from './pages/ProjectRunsPage.js';
 import { ProjectsPage } from './pages/ProjectsPage.js';
 import { RunDashboardPage } from './pages/RunDashboardPage.js';
-import { match, usePath } from './router.js';
+import { Link, match, usePath } from './router.js';
 import { useSession } from './session.js';
 
 function Routes({ path }: { path: string }) {
@@ -29,9 +29,9 @@ export function App() {
   return (
     <>
       <div className="topbar">
-        <a href="/" className="brand">
+        <Link href="/" className="brand">
           Runcast
-        </a>
+        </Link>
         <span className="muted">
           {user.username} ({user.role})
         </span>

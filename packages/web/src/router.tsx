@@ -1,6 +1,11 @@
 import { type AnchorHTMLAttributes, type MouseEvent, useSyncExternalStore } from 'react';
 
+import { BASE_PATH } from './config.js';
+
 const CHANGE = 'runcast:navigate';
+
+/** The address of an app path (`/runs/…`) under the path the server is mounted at. */
+const href = (to: string) => `${BASE_PATH}${to}`;
 
 function subscribe(onChange: () => void): () => void {
   window.addEventListener('popstate', onChange);
@@ -11,18 +16,22 @@ function subscribe(onChange: () => void): () => void {
   };
 }
 
-/** The current path (client-side routing over the History API). */
+/** The current app path, without the base path (client-side routing over the History API). */
 export function usePath(): string {
   return useSyncExternalStore(
     subscribe,
-    () => window.location.pathname + window.location.search,
+    () => {
+      const path = window.location.pathname;
+      const app = path.startsWith(BASE_PATH) ? path.slice(BASE_PATH.length) : path;
+      return (app || '/') + window.location.search;
+    },
     () => '/',
   );
 }
 
 export function navigate(to: string, replace = false): void {
-  if (replace) window.history.replaceState(null, '', to);
-  else window.history.pushState(null, '', to);
+  if (replace) window.history.replaceState(null, '', href(to));
+  else window.history.pushState(null, '', href(to));
   window.dispatchEvent(new Event(CHANGE));
 }
 
@@ -43,13 +52,17 @@ export function match(pattern: string, path: string): Record<string, string> | u
 }
 
 /** An anchor that navigates without reloading the page. */
-export function Link({ href, onClick, ...rest }: AnchorHTMLAttributes<HTMLAnchorElement> & { href: string }) {
+export function Link({
+  href: to,
+  onClick,
+  ...rest
+}: AnchorHTMLAttributes<HTMLAnchorElement> & { href: string }) {
   const handle = (event: MouseEvent<HTMLAnchorElement>) => {
     onClick?.(event);
     if (event.defaultPrevented || event.metaKey || event.ctrlKey || event.shiftKey || event.button !== 0)
       return;
     event.preventDefault();
-    navigate(href);
+    navigate(to);
   };
-  return <a href={href} onClick={handle} {...rest} />;
+  return <a href={href(to)} onClick={handle} {...rest} />;
 }

@@ -1,7 +1,9 @@
+import type { IncomingMessage } from 'node:http';
 import cookie from '@fastify/cookie';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 import { AppError } from '../errors.js';
+import { type ProxyTrust, sameOrigin } from '../http/proxy-trust.js';
 import type { Authenticator } from './authenticator.js';
 import type { Principal } from './principal.js';
 
@@ -20,6 +22,8 @@ export interface AuthPluginOptions {
   authenticator: Authenticator;
   /** Origins besides the server's own allowed to send cookie-authenticated state changes. */
   allowedOrigins: readonly string[];
+  /** Whose forwarded scheme and host name the server's own origin. */
+  proxyTrust: ProxyTrust;
 }
 
 const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS']);
@@ -30,15 +34,23 @@ export function requirePrincipal(request: FastifyRequest): Principal {
   return request.principal;
 }
 
-/** True when the browser says the request comes from this server's own origin or an allowed one. */
-export function originAllowed(request: FastifyRequest, allowedOrigins: readonly string[]): boolean {
+/**
+ * True when the browser says the request comes from this server's own origin — the scheme, host
+ * and port the client addressed, as forwarded by a trusted proxy — or from an allowed one.
+ * Used by HTTP routes and the Socket.IO handshake alike.
+ */
+export function originAllowed(
+  request: IncomingMessage,
+  proxyTrust: ProxyTrust,
+  allowedOrigins: readonly string[],
+): boolean {
   const origin = request.headers.origin;
   if (origin === undefined) {
     // Browsers send Origin on every cross-site state change; without it, trust only an explicit
     // same-origin fetch-metadata header.
     return request.headers['sec-fetch-site'] === 'same-origin';
   }
-  return origin === `${request.protocol}://${request.host}` || allowedOrigins.includes(origin);
+  return allowedOrigins.includes(origin) || sameOrigin(origin, proxyTrust.origin(request));
 }
 
 async function authPlugin(app: FastifyInstance, options: AuthPluginOptions): Promise<void> {
@@ -55,7 +67,7 @@ async function authPlugin(app: FastifyInstance, options: AuthPluginOptions): Pro
       throw new AppError('UNAUTHORIZED', 'log in or send an API token');
     }
     if (request.principal?.via === 'cookie' && !SAFE_METHODS.has(request.method)) {
-      if (!originAllowed(request, options.allowedOrigins)) {
+      if (!originAllowed(request.raw, options.proxyTrust, options.allowedOrigins)) {
         throw new AppError(
           'ORIGIN_MISMATCH',
           'cross-origin request refused: the Origin header does not match',

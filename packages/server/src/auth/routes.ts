@@ -11,9 +11,10 @@ import {
 } from '@runcast/protocol';
 import { Type } from 'typebox';
 import { AppError } from '../errors.js';
-import { RateLimiter } from '../http/rate-limiter.js';
+import type { ProxyTrust } from '../http/proxy-trust.js';
 import { newId } from '../ids.js';
 import type { ApiTokenRecord, Store, UserRecord } from '../store/store.js';
+import { LoginThrottle } from './login-throttle.js';
 import { hashPassword, verifyPassword } from './passwords.js';
 import { originAllowed, requirePrincipal } from './plugin.js';
 import type { Policy } from './policy.js';
@@ -26,8 +27,13 @@ export interface AuthRoutesOptions {
   secret: string;
   tokenTtlS: number;
   loginRateLimitPerMin: number;
+  /** Mark the session cookie Secure even on a request that came over plain HTTP. */
   cookieSecure: boolean;
   allowedOrigins: readonly string[];
+  /** Whose forwarded client address and scheme count. */
+  proxyTrust: ProxyTrust;
+  /** The path the session cookie is scoped to (RUNCAST_BASE_PATH, or `/`). */
+  cookiePath: string;
 }
 
 export const toUser = (user: UserRecord): User => ({
@@ -52,24 +58,34 @@ const DUMMY_HASH = hashPassword('runcast-timing-equaliser');
 /** Login, logout, me; users (admins); worker API tokens (admins and project operators). */
 export const authRoutes: FastifyPluginAsyncTypebox<AuthRoutesOptions> = async (app, options) => {
   const { store, policy } = options;
-  const loginLimiter = new RateLimiter(options.loginRateLimitPerMin, 60_000);
+  const { proxyTrust, cookiePath } = options;
+  const loginThrottle = new LoginThrottle(options.loginRateLimitPerMin, 60_000);
 
   app.post(
     '/auth/login',
     { config: { public: true }, schema: { body: LoginRequest, tags: ['auth'] } },
     async (request, reply) => {
       // A login form posted from another site would log the victim in as the attacker.
-      if (request.headers.origin !== undefined && !originAllowed(request, options.allowedOrigins)) {
+      if (
+        request.headers.origin !== undefined &&
+        !originAllowed(request.raw, proxyTrust, options.allowedOrigins)
+      ) {
         throw new AppError('ORIGIN_MISMATCH', 'cross-origin login refused');
       }
-      const waitS = loginLimiter.hit(request.ip);
+      const { username, password } = request.body;
+      // request.ip is the client's address behind trusted proxies (Fastify's trustProxy).
+      const waitS = loginThrottle.admit(request.ip, username);
       if (waitS > 0) {
         reply.header('retry-after', String(waitS));
-        throw new AppError('RATE_LIMITED', `too many login attempts; try again in ${waitS} s`);
+        throw new AppError('RATE_LIMITED', `too many failed logins; try again in ${waitS} s`);
       }
-      const user = await store.getUserByUsername(request.body.username);
-      const ok = await verifyPassword(request.body.password, user?.password_hash ?? (await DUMMY_HASH));
-      if (!user || !ok) throw new AppError('UNAUTHORIZED', 'wrong username or password');
+      const user = await store.getUserByUsername(username);
+      const ok = await verifyPassword(password, user?.password_hash ?? (await DUMMY_HASH));
+      if (!user || !ok) {
+        loginThrottle.failed(request.ip, username);
+        throw new AppError('UNAUTHORIZED', 'wrong username or password');
+      }
+      loginThrottle.succeeded(request.ip);
       const nowMs = Date.now();
       const expiresAt = new Date(nowMs + options.tokenTtlS * 1000);
       const sessionId = newId('ses');
@@ -87,8 +103,10 @@ export const authRoutes: FastifyPluginAsyncTypebox<AuthRoutesOptions> = async (a
       reply.setCookie(SESSION_COOKIE, token, {
         httpOnly: true,
         sameSite: 'strict',
-        secure: options.cookieSecure,
-        path: '/',
+        // Browsers refuse to send a Secure cookie over plain HTTP: Secure only when the client
+        // came over HTTPS (directly or through a trusted TLS-terminating proxy), or when forced.
+        secure: options.cookieSecure || proxyTrust.protocol(request.raw) === 'https',
+        path: cookiePath,
         expires: expiresAt,
       });
       return { token, expires_at: expiresAt.toISOString(), user: toUser(user) };
@@ -101,7 +119,7 @@ export const authRoutes: FastifyPluginAsyncTypebox<AuthRoutesOptions> = async (a
     async (request, reply) => {
       const principal = request.principal;
       if (principal?.kind === 'user') await store.deleteSession(principal.sessionId);
-      reply.clearCookie(SESSION_COOKIE, { path: '/' });
+      reply.clearCookie(SESSION_COOKIE, { path: cookiePath });
       return reply.code(204).send();
     },
   );
@@ -121,7 +139,7 @@ export const authRoutes: FastifyPluginAsyncTypebox<AuthRoutesOptions> = async (a
     }
     // Every session of the user ends, this one included: log in again with the new password.
     await store.setPassword(principal.user.user_id, await hashPassword(request.body.new_password));
-    reply.clearCookie(SESSION_COOKIE, { path: '/' });
+    reply.clearCookie(SESSION_COOKIE, { path: cookiePath });
     return reply.code(204).send();
   });
 

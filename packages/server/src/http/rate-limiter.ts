@@ -1,15 +1,27 @@
-/** A fixed-window counter per key (a client address): `hit` answers whether one more is allowed. */
+/** A fixed-window counter per key: how many times something happened for a key this window. */
 export class RateLimiter {
   private readonly windows = new Map<string, { startMs: number; count: number }>();
 
   constructor(
-    private readonly max: number,
     private readonly windowMs: number,
     private readonly now: () => number = Date.now,
   ) {}
 
-  /** Counts one attempt; returns the seconds to wait when over the limit, else 0. */
-  hit(key: string): number {
+  /** The count of `key` in its current window. */
+  count(key: string): number {
+    const window = this.windows.get(key);
+    return window && this.now() - window.startMs < this.windowMs ? window.count : 0;
+  }
+
+  /** Seconds until the window of `key` ends (at least 1). */
+  retryAfterS(key: string): number {
+    const window = this.windows.get(key);
+    const leftMs = window ? window.startMs + this.windowMs - this.now() : this.windowMs;
+    return Math.max(1, Math.ceil(leftMs / 1000));
+  }
+
+  /** Counts one for `key`, opening a new window when the last one ended. */
+  add(key: string): void {
     const nowMs = this.now();
     let window = this.windows.get(key);
     if (!window || nowMs - window.startMs >= this.windowMs) {
@@ -18,7 +30,12 @@ export class RateLimiter {
       this.windows.set(key, window);
     }
     window.count += 1;
-    return window.count > this.max ? Math.ceil((window.startMs + this.windowMs - nowMs) / 1000) : 0;
+  }
+
+  /** Takes back one count of `key` in its current window. */
+  remove(key: string): void {
+    const window = this.windows.get(key);
+    if (window && window.count > 0 && this.now() - window.startMs < this.windowMs) window.count -= 1;
   }
 
   private sweep(nowMs: number): void {

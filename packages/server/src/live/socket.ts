@@ -5,9 +5,11 @@ import { Encoder, PacketType } from 'socket.io-parser';
 import { Compile } from 'typebox/compile';
 import * as ws from 'ws';
 import type { Authenticator, Credentials } from '../auth/authenticator.js';
+import { originAllowed } from '../auth/plugin.js';
 import type { Policy } from '../auth/policy.js';
 import type { Principal } from '../auth/principal.js';
 import { AppError } from '../errors.js';
+import type { ProxyTrust } from '../http/proxy-trust.js';
 import type { Metrics } from '../metrics.js';
 import type { EncodedEvent } from './encoded-event.js';
 import type { Hub } from './hub.js';
@@ -20,9 +22,15 @@ export interface SocketGatewayOptions {
   authenticator: Authenticator;
   metrics: Metrics;
   allowedOrigins: readonly string[];
+  /** Whose forwarded scheme and host name the server's own origin, as for HTTP routes. */
+  proxyTrust: ProxyTrust;
   /** Parses a Cookie header the way the HTTP routes do. */
   parseCookies: (header: string) => Record<string, string>;
-  path?: string;
+  /** `<base path>/socket.io`. */
+  path: string;
+  /** Heartbeat: a ping every interval; no pong within the timeout closes the connection. */
+  pingIntervalMs: number;
+  pingTimeoutMs: number;
 }
 
 interface SocketData {
@@ -161,8 +169,11 @@ export function attachSocketGateway(httpServer: HttpServer, options: SocketGatew
   const io = new Server<Record<string, never>, Record<string, never>, Record<string, never>, SocketData>(
     httpServer,
     {
-      path: options.path ?? '/socket.io',
+      path: options.path,
       transports: ['websocket'],
+      // A proxy that cuts idle connections sooner than the ping interval needs a shorter one.
+      pingInterval: options.pingIntervalMs,
+      pingTimeout: options.pingTimeoutMs,
       serveClient: false,
     },
   );
@@ -180,13 +191,13 @@ export function attachSocketGateway(httpServer: HttpServer, options: SocketGatew
       .authenticate(credentials)
       .then((principal) => {
         if (!principal) throw new AppError('UNAUTHORIZED', 'send a token in the handshake auth or log in');
-        if (principal.via === 'cookie') {
-          const origin = handshake.headers.origin;
-          const host = handshake.headers.host;
-          const own = [`http://${host}`, `https://${host}`];
-          if (origin === undefined || (!own.includes(origin) && !options.allowedOrigins.includes(origin))) {
-            throw new AppError('ORIGIN_MISMATCH', 'cross-origin socket refused');
-          }
+        // Browsers send Origin with every WebSocket handshake; a cookie without one is refused.
+        if (
+          principal.via === 'cookie' &&
+          (handshake.headers.origin === undefined ||
+            !originAllowed(socket.request, options.proxyTrust, options.allowedOrigins))
+        ) {
+          throw new AppError('ORIGIN_MISMATCH', 'cross-origin socket refused');
         }
         socket.data.principal = principal;
         socket.data.credentials = credentials;

@@ -25,6 +25,7 @@ export interface SseOptions {
   hub: Hub;
   policy: Policy;
   metrics: Metrics;
+  /** Interval of keepalive events, unless a stream asks for a shorter one (`?keepalive=`). */
   keepaliveMs: number;
   /** Reconnect delay the stream asks EventSource clients to use. */
   retryMs: number;
@@ -204,6 +205,55 @@ function header(request: FastifyRequest, name: string): string | undefined {
   return Array.isArray(value) ? value[0] : value;
 }
 
+/**
+ * `?keepalive=<s>`: a client behind a proxy that cuts idle streams sooner than the server's
+ * keepalive interval asks for a shorter one. Longer than the server's is not granted.
+ */
+const KEEPALIVE_QUERY = Type.Optional(Type.Integer({ minimum: 1, maximum: 60 }));
+
+/**
+ * Keepalive events for every open stream: one timer per interval in use, shared by the streams
+ * that asked for it (most use the server's), stopped when its last stream closes.
+ */
+class Keepalives {
+  private readonly groups = new Map<number, { timer: NodeJS.Timeout; sinks: Set<SseSink> }>();
+
+  constructor(private readonly defaultMs: number) {}
+
+  /** Adds a stream; returns the interval it got (`askedS` when shorter than the default). */
+  add(sink: SseSink, askedS: number | undefined): number {
+    const intervalMs = askedS === undefined ? this.defaultMs : Math.min(this.defaultMs, askedS * 1000);
+    let group = this.groups.get(intervalMs);
+    if (!group) {
+      const sinks = new Set<SseSink>();
+      const timer = setInterval(() => {
+        const frame = `event: keepalive\ndata: {"timestamp":"${new Date().toISOString()}"}\n\n`;
+        for (const each of sinks) if (!each.isBusy()) each.writeRaw(frame);
+      }, intervalMs);
+      timer.unref();
+      group = { timer, sinks };
+      this.groups.set(intervalMs, group);
+    }
+    group.sinks.add(sink);
+    return intervalMs;
+  }
+
+  delete(sink: SseSink, intervalMs: number): void {
+    const group = this.groups.get(intervalMs);
+    if (!group) return;
+    group.sinks.delete(sink);
+    if (group.sinks.size === 0) {
+      clearInterval(group.timer);
+      this.groups.delete(intervalMs);
+    }
+  }
+
+  close(): void {
+    for (const group of this.groups.values()) clearInterval(group.timer);
+    this.groups.clear();
+  }
+}
+
 const SSE_HEADERS = {
   'content-type': 'text/event-stream; charset=utf-8',
   'cache-control': 'no-cache, no-transform',
@@ -214,14 +264,8 @@ const SSE_HEADERS = {
 /** SSE gateway: `GET /runs/{run_id}/stream` and the multiplexed `GET /stream?runs=…`. */
 export const sseRoutes: FastifyPluginAsyncTypebox<SseOptions> = async (app, options) => {
   const { hub, policy, metrics } = options;
-  const sinks = new Set<SseSink>();
-
-  const keepalive = setInterval(() => {
-    const frame = `event: keepalive\ndata: {"timestamp":"${new Date().toISOString()}"}\n\n`;
-    for (const sink of sinks) if (!sink.isBusy()) sink.writeRaw(frame);
-  }, options.keepaliveMs);
-  keepalive.unref();
-  app.addHook('onClose', async () => clearInterval(keepalive));
+  const keepalives = new Keepalives(options.keepaliveMs);
+  app.addHook('onClose', async () => keepalives.close());
 
   /**
    * Opens the stream: answers 204 when every run is already over and the client has its final
@@ -235,6 +279,7 @@ export const sseRoutes: FastifyPluginAsyncTypebox<SseOptions> = async (app, opti
     runs: readonly RunRecord[],
     cursors: Map<string, number | undefined>,
     multiplexed: boolean,
+    keepaliveS: number | undefined,
   ): Promise<unknown> {
     metrics.recordClientHeaders(request.headers);
     const finished = (run: RunRecord) => {
@@ -251,9 +296,9 @@ export const sseRoutes: FastifyPluginAsyncTypebox<SseOptions> = async (app, opti
       subscriber.flush(),
     );
     const subscriber: Subscriber = hub.attach(sink, principal);
-    sinks.add(sink);
+    const keepaliveMs = keepalives.add(sink, keepaliveS);
     res.on('close', () => {
-      sinks.delete(sink);
+      keepalives.delete(sink, keepaliveMs);
       hub.detach(subscriber);
     });
     let buffered = `retry: ${options.retryMs}\n\n`;
@@ -294,7 +339,10 @@ export const sseRoutes: FastifyPluginAsyncTypebox<SseOptions> = async (app, opti
       schema: {
         params: Type.Object({ run_id: RunId }),
         querystring: Type.Object(
-          { since: Type.Optional(Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER })) },
+          {
+            since: Type.Optional(Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER })),
+            keepalive: KEEPALIVE_QUERY,
+          },
           { additionalProperties: false },
         ),
         tags: ['live'],
@@ -305,7 +353,15 @@ export const sseRoutes: FastifyPluginAsyncTypebox<SseOptions> = async (app, opti
       const principal = requirePrincipal(request);
       const run = await policy.requireRun(principal, run_id);
       const since = parseSeq(header(request, 'last-event-id'), 'Last-Event-ID') ?? request.query.since;
-      return stream(request, reply, principal, [run], new Map([[run_id, since]]), false);
+      return stream(
+        request,
+        reply,
+        principal,
+        [run],
+        new Map([[run_id, since]]),
+        false,
+        request.query.keepalive,
+      );
     },
   );
 
@@ -317,6 +373,7 @@ export const sseRoutes: FastifyPluginAsyncTypebox<SseOptions> = async (app, opti
           {
             runs: Type.String({ minLength: 1, maxLength: 4000 }),
             since: Type.Optional(Type.String({ maxLength: 5000 })),
+            keepalive: KEEPALIVE_QUERY,
           },
           { additionalProperties: false },
         ),
@@ -338,7 +395,15 @@ export const sseRoutes: FastifyPluginAsyncTypebox<SseOptions> = async (app, opti
       parseCursors(header(request, 'last-event-id'), 'Last-Event-ID', given);
       const runs: RunRecord[] = [];
       for (const runId of runIds) runs.push(await policy.requireRun(principal, runId));
-      return stream(request, reply, principal, runs, new Map(runIds.map((id) => [id, given.get(id)])), true);
+      return stream(
+        request,
+        reply,
+        principal,
+        runs,
+        new Map(runIds.map((id) => [id, given.get(id)])),
+        true,
+        request.query.keepalive,
+      );
     },
   );
 };

@@ -1,7 +1,7 @@
 import type { CreatedApiToken, Project, RunSnapshot } from '@runcast/protocol';
 import { type FormEvent, useEffect, useState } from 'react';
 import { ApiError, api } from '../api.js';
-import { API_URL } from '../config.js';
+import { PUBLIC_API_URL } from '../config.js';
 import { Link, navigate } from '../router.js';
 
 interface Pair {
@@ -21,7 +21,7 @@ function parseRenames(text: string): Record<string, string> {
 function WorkerSnippet({ project, run }: { project: Project; run: RunSnapshot }) {
   const [token, setToken] = useState<CreatedApiToken>();
   const [error, setError] = useState<string>();
-  const origin = API_URL || window.location.origin;
+  const origin = PUBLIC_API_URL;
   const create = async () => {
     try {
       setToken(

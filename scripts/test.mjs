@@ -14,6 +14,8 @@ const DEBIAN_PACKAGES = [
   { check: 'command -v openssl', pkg: 'openssl' },
   // The connection indicator's icons are emoji: screenshots need a font that has them.
   { check: 'test -e /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf', pkg: 'fonts-noto-color-emoji' },
+  // The PostgreSQL store's tests start their own server from these binaries (Debian 12: 15).
+  { check: 'test -x /usr/lib/postgresql/15/bin/initdb', pkg: 'postgresql' },
 ];
 
 const results = [];

@@ -41,7 +41,7 @@ import { PollFastPath } from './runs/poll-fast-path.js';
 import { runRoutes } from './runs/routes.js';
 import { RunService } from './runs/run-service.js';
 import { CachedStore } from './store/cached.js';
-import { SqliteStore } from './store/sqlite.js';
+import { createStore } from './store/create-store.js';
 import type { Store } from './store/store.js';
 
 export type { Config } from './config.js';
@@ -145,17 +145,16 @@ function logRequest(request: FastifyRequest, reply: FastifyReply): void {
 /** Builds the Fastify app with every plugin registered; call `app.listen` to serve. */
 export async function buildApp(config: Config, options: BuildOptions = {}): Promise<Runcast> {
   const secret = loadOrCreateSecret(config);
-  // This process is the SQLite file's only writer, so what requests read can stay in memory.
+  // What requests read stays in memory. On SQLite this process is the only writer; on PostgreSQL
+  // other nodes write too (multi-writer: cache invalidation is driven by the bus).
   const store = new CachedStore(
-    new SqliteStore({
-      file: join(config.dataDir, 'runcast.db'),
-      eventRetention: config.eventRetention,
-      synchronous: config.sqliteSynchronous,
+    await createStore(config, {
       onStorageFull: (full, err) => {
         if (full)
           app.log.error({ err }, 'storage is full: writes answer 507 STORAGE_FULL until space returns');
         else app.log.warn('storage has room again: writes are accepted');
       },
+      onError: (err) => app.log.warn({ err }, 'an idle database connection failed; it will be replaced'),
     }),
   );
   let pollFastPath: PollFastPath | undefined;

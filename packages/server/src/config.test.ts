@@ -37,6 +37,8 @@ describe('configuration', () => {
       'RUNCAST_HEADERS_TIMEOUT_MS',
     ],
     [{ RUNCAST_GIT_ALLOW_LOCAL: 'perhaps' }, 'RUNCAST_GIT_ALLOW_LOCAL'],
+    [{ RUNCAST_DATABASE_URL: 'mysql://db/runcast' }, 'RUNCAST_DATABASE_URL'],
+    [{ RUNCAST_DATABASE_URL: 'not a url' }, 'RUNCAST_DATABASE_URL'],
   ])('stops on %j with a one-line message naming %s', (env, name) => {
     let error: unknown;
     try {
@@ -47,6 +49,18 @@ describe('configuration', () => {
     expect(error).toBeInstanceOf(ConfigError);
     expect((error as Error).message).toContain(name);
     expect((error as Error).message).not.toContain('\n');
+  });
+
+  it('takes a PostgreSQL URL without repeating a bad one', () => {
+    expect(loadConfig({}, []).databaseUrl).toBeUndefined();
+    const url = 'postgresql://runcast:secret@db.internal:5432/runcast';
+    expect(loadConfig({ RUNCAST_DATABASE_URL: url }, []).databaseUrl).toBe(url);
+    expect(loadConfig({ RUNCAST_DATABASE_URL: 'postgres://db/runcast' }, []).databaseUrl).toBe(
+      'postgres://db/runcast',
+    );
+    expect(() => loadConfig({ RUNCAST_DATABASE_URL: 'mysql://u:hunter2@db/x' }, [])).toThrow(
+      /^((?!hunter2).)*$/,
+    );
   });
 
   it('names an unknown flag', () => {

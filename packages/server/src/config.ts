@@ -35,6 +35,11 @@ export interface Config {
   trustProxy: TrustProxy;
   /** The path everything is served under (`/runcast`), or '' for the root. */
   basePath: string;
+  /**
+   * PostgreSQL connection URL (`RUNCAST_DATABASE_URL`): when set, the store is PostgreSQL, shared
+   * by every node; otherwise SQLite in the data dir.
+   */
+  databaseUrl: string | undefined;
   /** SQLite `synchronous`: NORMAL survives a process crash; FULL also a power loss. */
   sqliteSynchronous: 'NORMAL' | 'FULL';
   /** Most events one `GET /progress?since=` or `/events` answer carries. */
@@ -110,6 +115,21 @@ function boolean(name: string, raw: string | undefined, fallback: boolean): bool
   if (/^(1|true|yes|on)$/i.test(raw)) return true;
   if (/^(0|false|no|off)$/i.test(raw)) return false;
   throw new ConfigError(`${name} must be true or false, got "${raw}"`);
+}
+
+/** A postgres:// or postgresql:// URL with a host; the message never repeats it (it may hold a password). */
+function databaseUrl(raw: string | undefined): string | undefined {
+  if (raw === undefined || raw.trim() === '') return undefined;
+  let url: URL;
+  try {
+    url = new URL(raw.trim());
+  } catch {
+    throw new ConfigError('RUNCAST_DATABASE_URL must be a postgres:// or postgresql:// URL');
+  }
+  if (!['postgres:', 'postgresql:'].includes(url.protocol) || url.hostname === '') {
+    throw new ConfigError('RUNCAST_DATABASE_URL must be a postgres:// or postgresql:// URL with a host');
+  }
+  return raw.trim();
 }
 
 function gateways(raw: string | undefined): Config['gateways'] {
@@ -212,6 +232,7 @@ export function loadConfig(env: Env = process.env, args: string[] = []): Config 
     cookieSecure: boolean('RUNCAST_COOKIE_SECURE', env.RUNCAST_COOKIE_SECURE, false),
     trustProxy: trustProxy(env.RUNCAST_TRUST_PROXY),
     basePath: basePath(env.RUNCAST_BASE_PATH),
+    databaseUrl: databaseUrl(env.RUNCAST_DATABASE_URL),
     sqliteSynchronous: oneOf(
       'RUNCAST_SQLITE_SYNCHRONOUS',
       env.RUNCAST_SQLITE_SYNCHRONOUS,

@@ -1,15 +1,36 @@
 import { dirname } from 'node:path';
-import type { LogEntry, LogEvent, MemberRole } from '@runcast/protocol';
+import type { LogEvent, MemberRole } from '@runcast/protocol';
 import Database from 'better-sqlite3';
 import { AppError } from '../errors.js';
 import { makePrivateDir, restrictFile, touchPrivateFile } from '../private-files.js';
+import {
+  type CommitSettings,
+  DEFAULT_IDEMPOTENCY_TTL_MS,
+  DEFAULT_MAX_COMMIT_BATCH,
+  IDEMPOTENCY_PRUNE_INTERVAL_MS,
+  type PendingCommit,
+  pendingCommit,
+  replayOf,
+  settleBatch,
+} from './group-commit.js';
 import { SQLITE_MIGRATIONS } from './migrations.js';
+import {
+  checkLogSeqs,
+  checkStateChange,
+  type EventRow,
+  RUN_COLUMNS,
+  type RunRow,
+  rowToEvent,
+  rowToRun,
+  runToRow,
+  STATE_COLUMNS,
+  stateValues,
+} from './run-rows.js';
 import { StorageHealth } from './storage-health.js';
 import type {
   ApiTokenRecord,
   CommitOptions,
   CommitResult,
-  IdempotencyClaim,
   MemberRecord,
   ProjectRecord,
   RunChange,
@@ -21,42 +42,10 @@ import type {
   UserRecord,
 } from './store.js';
 
-export interface SqliteStoreOptions {
+export interface SqliteStoreOptions extends CommitSettings {
   /** Database file, or `:memory:` in unit tests. */
   file: string;
-  /** Log events kept per run. */
-  eventRetention: number;
   synchronous?: 'NORMAL' | 'FULL';
-  /** Idempotency keys older than this may be pruned (default 24 h). */
-  idempotencyTtlMs?: number;
-  /** The clock that dates idempotency keys; injectable in tests. */
-  now?: () => Date;
-  /**
-   * Most `commitRun` calls one transaction takes (default 256): one batch must not hold the
-   * writer lock, and the event loop, for long; the rest wait for the next turn.
-   */
-  maxCommitBatch?: number;
-  /** Told when a write finds the disk full (with the error) and when writes succeed again. */
-  onStorageFull?: (full: boolean, err?: unknown) => void;
-}
-
-const DAY_MS = 24 * 60 * 60 * 1000;
-const DEFAULT_MAX_COMMIT_BATCH = 256;
-/** Expired idempotency keys are deleted at most this often, on the insert of a new key. */
-const IDEMPOTENCY_PRUNE_INTERVAL_MS = 60_000;
-
-/** A `commitRun` call waiting for the next group commit. */
-interface PendingCommit {
-  runId: string;
-  change: (current: RunRecord) => RunChange;
-  claim: IdempotencyClaim | undefined;
-  /** The caller's copy of the run (`CommitOptions.current`). */
-  known: RunRecord | undefined;
-  resolve: (result: CommitResult) => void;
-  reject: (reason: unknown) => void;
-  /** What the call's savepoint did; undefined when it threw `error` and rolled back. */
-  result: CommitResult | undefined;
-  error: unknown;
 }
 
 interface IdempotencyRow {
@@ -64,127 +53,11 @@ interface IdempotencyRow {
   response: string;
 }
 
-interface RunRow {
-  run_id: string;
-  project_id: string;
-  kind: string;
-  mode: string | null;
-  status: string;
-  stage: string | null;
-  current_stage: string | null;
-  progress: string | null;
-  stats: string | null;
-  error: string | null;
-  config: string | null;
-  seq: number;
-  created_by: string;
-  created_at: string;
-  started_at: string | null;
-  finished_at: string | null;
-  updated_at: string;
-  retry_of: string | null;
-  log_count: number;
-  pruned_through_seq: number;
-}
-
-interface EventRow {
-  run_id: string;
-  seq: number;
-  at: string;
-  body: string;
-}
-
-const json = (value: unknown): string | null =>
-  value === null || value === undefined ? null : JSON.stringify(value);
-const parse = <T>(text: string | null): T | null => (text === null ? null : (JSON.parse(text) as T));
-
-function rowToRun(row: RunRow): RunRecord {
-  return {
-    ...row,
-    kind: row.kind as RunRecord['kind'],
-    status: row.status as RunRecord['status'],
-    progress: parse(row.progress),
-    stats: parse(row.stats),
-    error: parse(row.error),
-    config: parse(row.config),
-  };
-}
-
-function runToRow(run: RunRecord): RunRow {
-  return {
-    run_id: run.run_id,
-    project_id: run.project_id,
-    kind: run.kind,
-    mode: run.mode,
-    status: run.status,
-    stage: run.stage,
-    current_stage: run.current_stage,
-    progress: json(run.progress),
-    stats: json(run.stats),
-    error: json(run.error),
-    config: json(run.config),
-    seq: run.seq,
-    created_by: run.created_by,
-    created_at: run.created_at,
-    started_at: run.started_at,
-    finished_at: run.finished_at,
-    updated_at: run.updated_at,
-    retry_of: run.retry_of,
-    log_count: run.log_count,
-    pruned_through_seq: run.pruned_through_seq,
-  };
-}
-
-const rowToEvent = (row: EventRow): LogEvent => ({
-  run_id: row.run_id,
-  seq: row.seq,
-  type: 'log',
-  at: row.at,
-  log: JSON.parse(row.body) as LogEntry,
-});
-
-/** What a commit may change in a run: its state, never what it was created with. */
-const STATE_COLUMNS = [
-  'status',
-  'stage',
-  'current_stage',
-  'progress',
-  'stats',
-  'error',
-  'seq',
-  'started_at',
-  'finished_at',
-  'updated_at',
-  'log_count',
-  'pruned_through_seq',
-] as const;
-const FIXED_FIELDS = [
-  'run_id',
-  'project_id',
-  'kind',
-  'mode',
-  'config',
-  'created_by',
-  'created_at',
-  'retry_of',
-] as const;
-
-/** A commit's new run must keep what the run was created with and advance its seq. */
-function checkStateChange(current: RunRecord, next: RunRecord): void {
-  for (const field of FIXED_FIELDS) {
-    if (next[field] !== current[field]) throw new Error(`a commit may not change a run's ${field}`);
-  }
-  if (next.seq <= current.seq) throw new Error("a commit must advance the run's seq");
-}
-
 interface RunVersion {
   seq: number;
   log_count: number;
   pruned_through_seq: number;
 }
-
-const RUN_COLUMNS =
-  'run_id, project_id, kind, mode, status, stage, current_stage, progress, stats, error, config, seq, created_by, created_at, started_at, finished_at, updated_at, retry_of, log_count, pruned_through_seq';
 
 function isUniqueViolation(err: unknown): boolean {
   return (
@@ -226,7 +99,7 @@ export class SqliteStore implements Store {
     this.db.pragma('foreign_keys = ON');
     this.db.pragma('busy_timeout = 5000');
     this.retention = options.eventRetention;
-    this.idempotencyTtlMs = options.idempotencyTtlMs ?? DAY_MS;
+    this.idempotencyTtlMs = options.idempotencyTtlMs ?? DEFAULT_IDEMPOTENCY_TTL_MS;
     this.now = options.now ?? (() => new Date());
     this.maxCommitBatch = options.maxCommitBatch ?? DEFAULT_MAX_COMMIT_BATCH;
     this.storage = new StorageHealth({
@@ -500,17 +373,8 @@ export class SqliteStore implements Store {
     options: CommitOptions = {},
   ): Promise<CommitResult> {
     if (this.closed) return Promise.reject(new AppError('NOT_READY', 'the store is closed'));
-    return new Promise<CommitResult>((resolve, reject) => {
-      this.queue.push({
-        runId,
-        change,
-        claim: options.idempotency,
-        known: options.current,
-        resolve,
-        reject,
-        result: undefined,
-        error: undefined,
-      });
+    return pendingCommit(runId, change, options, (pending) => {
+      this.queue.push(pending);
       // setImmediate rather than a microtask: the requests whose data arrived in the same poll of
       // the event loop all reach commitRun before the check phase, so they share the batch.
       this.flushTimer ??= setImmediate(this.flushQueued);
@@ -532,31 +396,22 @@ export class SqliteStore implements Store {
       for (const pending of batch) pending.reject(err);
       return;
     }
-    // In call order: RunService publishes each change when its commit resolves, and subscribers
-    // must see a run's seq ascend.
-    for (const pending of batch) {
-      if (pending.result) pending.resolve(pending.result);
-      else pending.reject(pending.error);
-    }
+    settleBatch(batch);
   }
 
   /** One call's commit, inside the batch's transaction. */
   private applyCommit({ runId, change, claim, known }: PendingCommit): CommitResult {
     const current = this.currentRun(runId, known);
     if (claim) {
-      const seen = this.sql.idempotencyKey.get(runId, claim.key) as IdempotencyRow | undefined;
-      if (seen) {
-        if (seen.fingerprint !== claim.fingerprint) {
-          throw new AppError(
-            'INVALID_INPUT',
-            'this Idempotency-Key was already used for a different request to this run',
-          );
-        }
-        return { replayed: true, response: seen.response };
-      }
+      const replayed = replayOf(
+        claim,
+        this.sql.idempotencyKey.get(runId, claim.key) as IdempotencyRow | undefined,
+      );
+      if (replayed) return replayed;
     }
     const result = change(current);
     checkStateChange(current, result.run);
+    checkLogSeqs(current, result);
     const run = { ...result.run, log_count: current.log_count + result.logs.length };
     for (const event of result.logs) {
       this.sql.insertEvent.run(runId, event.seq, 'log', event.at, JSON.stringify(event.log));
@@ -571,21 +426,7 @@ export class SqliteStore implements Store {
         run.pruned_through_seq = Math.max(run.pruned_through_seq, through);
       }
     }
-    this.sql.updateRunState.run(
-      run.status,
-      run.stage,
-      run.current_stage,
-      json(run.progress),
-      json(run.stats),
-      json(run.error),
-      run.seq,
-      run.started_at,
-      run.finished_at,
-      run.updated_at,
-      run.log_count,
-      run.pruned_through_seq,
-      runId,
-    );
+    this.sql.updateRunState.run(...stateValues(run), runId);
     const committed: RunChange = { run, logs: result.logs };
     if (claim) this.storeIdempotencyKey(runId, claim.key, claim.fingerprint, claim.response(committed));
     return { replayed: false, change: committed };

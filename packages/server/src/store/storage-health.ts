@@ -3,9 +3,10 @@ import { AppError } from '../errors.js';
 
 /** Free space a probe must find before it reports the disk usable again: room for many commits. */
 const MIN_FREE_BYTES = 1024 * 1024;
-const FULL_CODES = new Set(['SQLITE_FULL', 'ENOSPC', 'EDQUOT']);
+// PostgreSQL reports a full disk as SQLSTATE 53100 (disk_full).
+const FULL_CODES = new Set(['SQLITE_FULL', 'ENOSPC', 'EDQUOT', '53100']);
 
-/** True when `err` says the disk (or the user's quota) is full: SQLite's SQLITE_FULL or ENOSPC. */
+/** True when `err` says the disk (or the user's quota) is full: SQLITE_FULL, ENOSPC or PostgreSQL's disk_full. */
 export function isStorageFull(err: unknown): boolean {
   const code = typeof err === 'object' && err !== null ? (err as { code?: unknown }).code : undefined;
   return typeof code === 'string' && FULL_CODES.has(code);

@@ -1,0 +1,127 @@
+import type { RunEvent } from '@runcast/protocol';
+import pg from 'pg';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { type PostgresServer, startPostgres } from '../../../../test/support/postgres.js';
+import type { BusMessage } from './bus.js';
+import { PostgresBus } from './postgres.js';
+
+// Two nodes' buses on one real PostgreSQL: messages cross, oversized events become pointers,
+// and a listener that is killed or frozen is replaced with a resync.
+
+let server: PostgresServer;
+let url: string;
+const buses: PostgresBus[] = [];
+
+beforeAll(async () => {
+  server = await startPostgres();
+  url = await server.createDatabase('bus_test');
+}, 60_000);
+afterAll(async () => {
+  await server?.stop();
+});
+afterEach(async () => {
+  for (const bus of buses.splice(0)) await bus.close();
+});
+
+async function node(options: { heartbeatMs?: number; deadAfterMs?: number } = {}): Promise<PostgresBus> {
+  const bus = new PostgresBus({ connectionString: url, ...options });
+  buses.push(bus);
+  await bus.start();
+  return bus;
+}
+
+/** Every message of `type` a bus delivers, and a way to wait for one. */
+function heard<T extends BusMessage['type']>(bus: PostgresBus, type: T) {
+  const messages: BusMessage[] = [];
+  const waiters: (() => void)[] = [];
+  bus.subscribe(type, (message) => {
+    messages.push(message);
+    for (const wake of waiters.splice(0)) wake();
+  });
+  return {
+    messages,
+    async until(count: number, timeoutMs = 10_000): Promise<void> {
+      const deadline = Date.now() + timeoutMs;
+      while (messages.length < count) {
+        if (Date.now() > deadline) throw new Error(`heard ${messages.length} of ${count} ${type} messages`);
+        await new Promise<void>((resolve) => {
+          waiters.push(resolve);
+          setTimeout(resolve, 50);
+        });
+      }
+    },
+  };
+}
+
+const AT = new Date().toISOString();
+const log = (seq: number, message = 'x'): RunEvent => ({
+  run_id: 'run_1',
+  seq,
+  type: 'log',
+  at: AT,
+  log: { level: 'info', message },
+});
+
+describe('PostgresBus', () => {
+  it('carries messages to the other nodes, once to its own', async () => {
+    const a = await node();
+    const b = await node();
+    const onA = heard(a, 'run-events');
+    const onB = heard(b, 'run-events');
+    const cancels = heard(b, 'cancel');
+    for (let seq = 1; seq <= 50; seq++) a.publish({ type: 'run-events', events: [log(seq)] });
+    a.publish({ type: 'cancel', run_id: 'run_1' });
+    await onB.until(50);
+    await cancels.until(1);
+    const seqs = onB.messages.map((m) => (m.type === 'run-events' ? m.events[0]?.seq : -1));
+    expect(seqs).toEqual(Array.from({ length: 50 }, (_, i) => i + 1));
+    expect(onA.messages).toHaveLength(50);
+  });
+
+  it('sends events too large for a notification as "run R reached seq S"', async () => {
+    const a = await node();
+    const b = await node();
+    const reached = heard(b, 'run-reached');
+    const events = heard(b, 'run-events');
+    a.publish({ type: 'run-events', events: [log(1, 'y'.repeat(9000))] });
+    a.publish({ type: 'run-events', events: [log(2)] });
+    await events.until(1);
+    expect(reached.messages).toEqual([{ type: 'run-reached', run_id: 'run_1', seq: 1 }]);
+  });
+
+  it('replaces a listener whose session is terminated, and resyncs', async () => {
+    const a = await node();
+    const b = await node();
+    const resyncs = heard(b, 'resync');
+    const events = heard(b, 'run-events');
+    const admin = new pg.Client({ connectionString: url });
+    await admin.connect();
+    try {
+      await admin.query('SELECT pg_terminate_backend($1)', [b.listenerPid]);
+    } finally {
+      await admin.end();
+    }
+    await resyncs.until(1);
+    a.publish({ type: 'run-events', events: [log(7)] });
+    await events.until(1);
+    expect(b.listenerRestarts).toBe(1);
+  });
+
+  it('replaces a listener that silently stopped hearing (its backend frozen)', async () => {
+    const a = await node();
+    const b = await node({ heartbeatMs: 200, deadAfterMs: 1000 });
+    const resyncs = heard(b, 'resync');
+    const frozen = b.listenerPid;
+    expect(frozen).toBeDefined();
+    process.kill(frozen!, 'SIGSTOP');
+    try {
+      await resyncs.until(1, 10_000);
+    } finally {
+      process.kill(frozen!, 'SIGCONT');
+    }
+    expect(b.listenerPid).not.toBe(frozen);
+    const events = heard(b, 'run-events');
+    a.publish({ type: 'run-events', events: [log(9)] });
+    await events.until(1);
+  });
+});

@@ -1,0 +1,218 @@
+import { randomBytes } from 'node:crypto';
+import pg from 'pg';
+import type { Bus, BusMessage, BusMessageType, MessageOf } from './bus.js';
+import { MemoryBus } from './memory.js';
+
+/** PostgreSQL's limit on a NOTIFY payload is 8,000 bytes; what does not fit travels as a pointer. */
+const MAX_PAYLOAD_BYTES = 7900;
+const CHANNEL = 'runcast';
+
+export interface PostgresBusOptions {
+  connectionString: string;
+  /** How often the listener proves it is alive by hearing its own heartbeat. */
+  heartbeatMs?: number;
+  /** A listener that has not heard its own heartbeat for this long is replaced. */
+  deadAfterMs?: number;
+  /** Where connection failures are reported (they are retried). */
+  onError?: (err: unknown) => void;
+}
+
+/** What travels in one notification: the sending node and its messages. */
+interface Envelope {
+  /** The sending node's id. */
+  n: string;
+  m: BusMessage[];
+}
+
+/**
+ * The Bus between nodes, on PostgreSQL `LISTEN/NOTIFY` — no engine beside the database. A
+ * message reaches this node's listeners at once and the other nodes through one notification
+ * channel; events too large for a notification travel as `run-reached` (the receivers read them
+ * from the store). Nothing is lost for good: the listener hears its own heartbeat, and one that
+ * stops hearing it, or whose connection drops, is replaced, and this node's listeners are told to
+ * `resync` (catch up from the store). A sender that reconnects asks every node to resync.
+ */
+export class PostgresBus implements Bus {
+  /** This node's id: its own notifications are not delivered twice. */
+  readonly nodeId = randomBytes(6).toString('hex');
+  private readonly local: MemoryBus;
+  private listener: pg.Client | undefined;
+  private sender: pg.Client | undefined;
+  private senderReady: Promise<pg.Client> | undefined;
+  /** Messages waiting for the sender, sent in order, several per notification. */
+  private outbox: BusMessage[] = [];
+  private sending = false;
+  private heartbeat: NodeJS.Timeout | undefined;
+  private lastHeardMs = Date.now();
+  private closed = false;
+  private reconnecting = false;
+  /** Times the listener was replaced (tests and metrics). */
+  listenerRestarts = 0;
+  /** The PostgreSQL backend PID of the listening session (what an operator would terminate). */
+  listenerPid: number | undefined;
+  private senderConnections = 0;
+
+  constructor(private readonly options: PostgresBusOptions) {
+    this.local = new MemoryBus(options.onError);
+  }
+
+  /** Connects the listener and starts the heartbeat; resolves once LISTEN is in place. */
+  async start(): Promise<void> {
+    await this.listen();
+    const heartbeatMs = this.options.heartbeatMs ?? 1000;
+    const deadAfterMs = this.options.deadAfterMs ?? 3 * heartbeatMs;
+    this.heartbeat = setInterval(() => {
+      // An empty notification: this node's listener hears it when both connections work.
+      void this.notify([]);
+      if (Date.now() - this.lastHeardMs > deadAfterMs) void this.replaceListener('no heartbeat heard');
+    }, heartbeatMs);
+    this.heartbeat.unref();
+  }
+
+  publish(message: BusMessage): void {
+    this.local.publish(message);
+    this.outbox.push(message);
+    if (!this.sending) void this.flush();
+  }
+
+  subscribe<T extends BusMessageType>(type: T, listener: (message: MessageOf<T>) => void): () => void {
+    return this.local.subscribe(type, listener);
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    clearInterval(this.heartbeat);
+    await Promise.allSettled([this.listener?.end(), this.sender?.end()]);
+    await this.local.close();
+  }
+
+  /** Opens the listening connection: every notification of the channel, from every node. */
+  private async listen(): Promise<void> {
+    const client = new pg.Client({ connectionString: this.options.connectionString });
+    client.on('error', (err) => {
+      this.options.onError?.(err);
+      void this.replaceListener('connection failed');
+    });
+    client.on('notification', (notification) => {
+      this.lastHeardMs = Date.now();
+      if (notification.channel === CHANNEL && notification.payload) this.received(notification.payload);
+    });
+    await client.connect();
+    await client.query(`LISTEN ${CHANNEL}`);
+    const { rows } = await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+    this.listenerPid = rows[0]?.pid;
+    this.listener = client;
+    this.lastHeardMs = Date.now();
+  }
+
+  /** Replaces a listener that died or went deaf, then tells this node to catch up. */
+  private async replaceListener(why: string): Promise<void> {
+    if (this.closed || this.reconnecting) return;
+    this.reconnecting = true;
+    this.listenerRestarts++;
+    const old = this.listener;
+    this.listener = undefined;
+    old?.removeAllListeners('notification');
+    void old?.end().catch(() => {});
+    try {
+      for (let attempt = 0; !this.closed; attempt++) {
+        try {
+          await this.listen();
+          break;
+        } catch (err) {
+          this.options.onError?.(Object.assign(new Error(`bus listener (${why}): ${String(err)}`), { cause: err }));
+          await new Promise((resolve) => setTimeout(resolve, Math.min(5000, 100 * 2 ** attempt)));
+        }
+      }
+    } finally {
+      this.reconnecting = false;
+    }
+    // Whatever was notified while no one listened is in the store.
+    if (!this.closed) this.local.publish({ type: 'resync' });
+  }
+
+  private received(payload: string): void {
+    let envelope: Envelope;
+    try {
+      envelope = JSON.parse(payload) as Envelope;
+    } catch {
+      return;
+    }
+    // This node's own messages went to its listeners when they were published.
+    if (envelope.n === this.nodeId) return;
+    for (const message of envelope.m) this.local.publish(message);
+  }
+
+  /** Sends the outbox in order, as many messages per notification as fit. */
+  private async flush(): Promise<void> {
+    this.sending = true;
+    try {
+      while (this.outbox.length > 0 && !this.closed) {
+        const batch: BusMessage[] = [];
+        let bytes = 0;
+        while (this.outbox.length > 0) {
+          const next = fitting(this.outbox[0] as BusMessage);
+          const size = Buffer.byteLength(JSON.stringify(next));
+          if (batch.length > 0 && bytes + size > MAX_PAYLOAD_BYTES) break;
+          this.outbox.shift();
+          batch.push(next);
+          bytes += size;
+        }
+        await this.notify(batch);
+      }
+    } finally {
+      this.sending = false;
+    }
+  }
+
+  /** One notification of this node's messages (none: a heartbeat). */
+  private async notify(messages: BusMessage[]): Promise<void> {
+    const envelope: Envelope = { n: this.nodeId, m: messages };
+    try {
+      const sender = await this.connectedSender();
+      await sender.query('SELECT pg_notify($1, $2)', [CHANNEL, JSON.stringify(envelope)]);
+    } catch (err) {
+      // Lost with the connection; the next sender asks every node to resync.
+      this.options.onError?.(err);
+      this.dropSender();
+    }
+  }
+
+  private dropSender(): void {
+    const sender = this.sender;
+    this.sender = undefined;
+    this.senderReady = undefined;
+    void sender?.end().catch(() => {});
+  }
+
+  /** The sending connection; a replacement first asks every node to resync (messages may be lost). */
+  private connectedSender(): Promise<pg.Client> {
+    if (this.sender) return Promise.resolve(this.sender);
+    this.senderReady ??= (async () => {
+      const client = new pg.Client({ connectionString: this.options.connectionString });
+      client.on('error', (err) => {
+        this.options.onError?.(err);
+        if (this.sender === client) this.dropSender();
+      });
+      await client.connect();
+      if (this.senderConnections++ > 0) {
+        const resync: Envelope = { n: this.nodeId, m: [{ type: 'resync' }] };
+        await client.query('SELECT pg_notify($1, $2)', [CHANNEL, JSON.stringify(resync)]);
+      }
+      this.sender = client;
+      return client;
+    })().catch((err: unknown) => {
+      this.senderReady = undefined;
+      throw err;
+    });
+    return this.senderReady;
+  }
+}
+
+/** The message as it can travel: events that would not fit a notification become a pointer. */
+function fitting(message: BusMessage): BusMessage {
+  if (message.type !== 'run-events') return message;
+  if (Buffer.byteLength(JSON.stringify(message)) <= MAX_PAYLOAD_BYTES) return message;
+  const last = message.events[message.events.length - 1];
+  return last ? { type: 'run-reached', run_id: last.run_id, seq: last.seq } : message;
+}

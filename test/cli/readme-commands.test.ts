@@ -83,7 +83,7 @@ describe("the README's CLI commands", () => {
       throw new Error('node_modules/.bin/runcast is missing: npm links it at install, run `npm ci`');
     }
     dir = mkdtempSync(join(tmpdir(), 'runcast-readme-'));
-    server = await startServer();
+    server = await startServer({ RUNCAST_GIT_ALLOW_LOCAL: '1' });
     const admin = await new Api(server.url).login('admin', ADMIN_PASSWORD);
     // One project: `runcast migrate` without --project picks it.
     projectId = (await admin.post('/projects', { name: 'readme' })).body.project_id;

@@ -11,7 +11,7 @@ import {
   type TestServer,
   type World,
 } from '../../packages/server/src/test-support/server.js';
-import { Collector } from '../support/collector.js';
+import { Collector, eventually } from '../support/collector.js';
 
 const BASE = '/runcast';
 
@@ -107,7 +107,8 @@ describe('under RUNCAST_BASE_PATH', () => {
       const seen = new Collector();
       service.subscribeToRun(runId, seen.push);
       await seen.until((events) => events.length > 0);
-      expect(service.getConnectionMethod()).toBe(method);
+      // The REST opening snapshot may come first; the method follows once it is connected.
+      await eventually(() => service.getConnectionMethod() === method);
       await world.worker.patch(`/runs/${runId}/progress`, { status: 'RUNNING' });
       for (let i = 0; i < 10; i++)
         await world.worker.post(`/runs/${runId}/logs`, { level: 'info', message: `line ${i}` });

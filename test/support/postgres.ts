@@ -25,6 +25,8 @@ export interface PostgresServer {
   readonly adminUrl: string;
   /** PID of the postmaster. */
   readonly pid: number;
+  /** Stops the server by its PID (fast shutdown) and starts it again on the same port and data. */
+  restart(): Promise<void>;
   /** Stops the server by its PID (fast shutdown) and removes its directory. */
   stop(): Promise<void>;
 }
@@ -74,6 +76,23 @@ async function waitForExit(pid: number, timeoutMs: number): Promise<void> {
   }
 }
 
+/** `pg_ctl start` of the cluster in `dataDir`, listening on 127.0.0.1:`port` and a socket in `dir`. */
+async function pgStart(dataDir: string, dir: string, port: number): Promise<void> {
+  const options = `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c max_connections=200`;
+  await pgCommand('pg_ctl', [
+    '-D',
+    dataDir,
+    '-o',
+    options,
+    '-l',
+    join(dir, 'log'),
+    '-w',
+    '-t',
+    String(START_TIMEOUT_S),
+    'start',
+  ]);
+}
+
 /**
  * Starts PostgreSQL 15 in a new temp dir on a free loopback port; resolves once it accepts
  * connections. Trust authentication: it listens on 127.0.0.1 and a socket in that dir only.
@@ -106,29 +125,20 @@ export async function startPostgres(): Promise<PostgresServer> {
       '--locale=C',
       '--no-sync',
     ]);
-    const options = `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c max_connections=200`;
-    await pgCommand('pg_ctl', [
-      '-D',
-      dataDir,
-      '-o',
-      options,
-      '-l',
-      join(dir, 'log'),
-      '-w',
-      '-t',
-      String(START_TIMEOUT_S),
-      'start',
-    ]);
+    await pgStart(dataDir, dir, port);
   } catch (err) {
     rmSync(dir, { recursive: true, force: true });
     throw err;
   }
   // The first line of postmaster.pid is the postmaster's PID.
-  const pid = Number(readFileSync(join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
+  const postmasterPid = () => Number(readFileSync(join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
+  let pid = postmasterPid();
   const url = (database: string) => `postgresql://postgres@127.0.0.1:${port}/${database}`;
   return {
     port,
-    pid,
+    get pid() {
+      return pid;
+    },
     adminUrl: url('postgres'),
     async createDatabase(name) {
       if (!/^[a-z_][a-z0-9_]*$/.test(name)) throw new Error(`bad database name "${name}"`);
@@ -140,6 +150,12 @@ export async function startPostgres(): Promise<PostgresServer> {
         await client.end();
       }
       return url(name);
+    },
+    async restart() {
+      if (isAlive(pid)) process.kill(pid, 'SIGINT');
+      await waitForExit(pid, 10_000);
+      await pgStart(dataDir, dir, port);
+      pid = postmasterPid();
     },
     async stop() {
       // SIGINT is PostgreSQL's fast shutdown: sessions are ended, the cluster is left clean.

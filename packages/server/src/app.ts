@@ -19,7 +19,7 @@ import { Policy } from './auth/policy.js';
 import { authRoutes } from './auth/routes.js';
 import { ensureAdmin, loadOrCreateSecret } from './bootstrap.js';
 import type { Bus } from './bus/bus.js';
-import { MemoryBus } from './bus/memory.js';
+import { createBus } from './bus/create-bus.js';
 import type { Config } from './config.js';
 import { AppError } from './errors.js';
 import { answerOutsideBasePath, stripBasePath } from './http/base-path.js';
@@ -217,7 +217,11 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   registerJsonBodyParser(app);
   registerErrorHandling(app);
 
-  const bus = new MemoryBus((err) => app.log.error({ err }, 'bus listener failed'));
+  // Alone, in-process; on PostgreSQL, LISTEN/NOTIFY between the nodes sharing the database.
+  const bus = await createBus({
+    databaseUrl: config.databaseUrl,
+    onError: (err) => app.log.warn({ err }, 'bus connection failed; it is replaced and its listeners resync'),
+  });
   // Directory writes are announced on the bus, and every node's cache follows them.
   const detachCache = store.attach(bus);
   const runner = new Runner(

@@ -120,7 +120,9 @@ export class PostgresBus implements Bus {
           await this.listen();
           break;
         } catch (err) {
-          this.options.onError?.(Object.assign(new Error(`bus listener (${why}): ${String(err)}`), { cause: err }));
+          this.options.onError?.(
+            Object.assign(new Error(`bus listener (${why}): ${String(err)}`), { cause: err }),
+          );
           await new Promise((resolve) => setTimeout(resolve, Math.min(5000, 100 * 2 ** attempt)));
         }
       }

@@ -118,4 +118,15 @@ describe('RunCursor', () => {
     expect(cursor.accept(error)).toEqual(error);
     expect(cursor.lastSeq).toBe(4);
   });
+
+  it('takes the same state with its fields in another order for no change', () => {
+    const cursor = new RunCursor();
+    const opening = snapshotEvent(RUN, 1, { stage: 'EXPORT' });
+    cursor.accept(opening);
+    cursor.accept(logEvent(RUN, 2));
+    const reordered = Object.fromEntries(
+      Object.entries(opening.snapshot).reverse(),
+    ) as typeof opening.snapshot;
+    expect(cursor.accept({ ...opening, seq: 2, snapshot: { ...reordered, seq: 2 } })).toBeUndefined();
+  });
 });

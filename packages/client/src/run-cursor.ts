@@ -1,8 +1,16 @@
 import type { ProgressEvent, SnapshotEvent } from './types.js';
 
-/** A snapshot's content apart from its seq, to tell a real change from a re-sent state. */
+/**
+ * A snapshot's content apart from its seq, to tell a real change from a re-sent state. Keys are
+ * sorted: the same state arrives with its fields in another order over REST (serialized by its
+ * schema) than over a live transport.
+ */
 function stateKey(snapshot: SnapshotEvent['snapshot']): string {
-  return JSON.stringify({ ...snapshot, seq: 0 });
+  return JSON.stringify({ ...snapshot, seq: 0 }, (_key, value: unknown) =>
+    value !== null && typeof value === 'object' && !Array.isArray(value)
+      ? Object.fromEntries(Object.entries(value).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
+      : value,
+  );
 }
 
 /**

@@ -3,6 +3,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { hashPassword } from './auth/passwords.js';
 import type { Config } from './config.js';
+import { AppError } from './errors.js';
 import { newId } from './ids.js';
 import { makePrivateDir, restrictFile, writePrivateFile } from './private-files.js';
 import type { Store } from './store/store.js';
@@ -32,13 +33,19 @@ export async function ensureAdmin(
 ): Promise<void> {
   if ((await store.countUsers()) > 0) return;
   const chosen = password ?? randomBytes(12).toString('base64url');
-  await store.createUser({
-    user_id: newId('usr'),
-    username: 'admin',
-    role: 'admin',
-    password_hash: await hashPassword(chosen),
-    created_at: new Date().toISOString(),
-  });
+  try {
+    await store.createUser({
+      user_id: newId('usr'),
+      username: 'admin',
+      role: 'admin',
+      password_hash: await hashPassword(chosen),
+      created_at: new Date().toISOString(),
+    });
+  } catch (err) {
+    // Nodes started together on one database: another one created the admin first.
+    if (err instanceof AppError && err.code === 'ALREADY_EXISTS') return;
+    throw err;
+  }
   if (password === undefined) {
     announce(
       `Runcast: created user "admin" with password ${chosen} (shown once; change it with POST /api/v1/auth/password)`,

@@ -452,6 +452,32 @@ describe('Hub', () => {
       }
     }
 
+    it('catches up from the store on resync when every message was lost', async () => {
+      const bus = new MemoryBus();
+      // A RunService whose messages go nowhere: the Hub hears of nothing but the resync.
+      const silent = new RunService(store, new MemoryBus());
+      const deaf = new Hub(bus, silent, new Metrics(), { maxQueuedBytes: 1_000_000 });
+      try {
+        const sink = new RecordingSink('sse');
+        const subscriber = deaf.attach(sink);
+        await deaf.open(subscriber, runId, 0, new RecordingOpening().asOpening());
+        await silent.updateProgress(runId, { status: 'RUNNING' });
+        await silent.appendLogs(runId, [{ level: 'info', message: 'a' }, { level: 'info', message: 'b' }]);
+        await nextTick();
+        expect(sink.events).toEqual([]);
+        bus.publish({ type: 'resync' });
+        await until(() => sink.events.length === 3);
+        expect(sink.events.map((e) => [e.seq, e.event.type])).toEqual([
+          [1, 'update'],
+          [2, 'log'],
+          [3, 'log'],
+        ]);
+        expect(sink.events[0]?.event).toMatchObject({ snapshot: { status: 'RUNNING', seq: 1 } });
+      } finally {
+        deaf.close();
+      }
+    });
+
     it('delivers every log exactly once, in order, and the final state', async () => {
       const bus = new UnreliableBus();
       const unreliable = new RunService(store, bus);

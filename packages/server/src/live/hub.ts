@@ -74,6 +74,8 @@ const PAGE_EVENTS = 500;
 const PAGE_BYTES = 256 * 1024;
 const MAX_RUNS_PER_CONNECTION = 100;
 const MAX_OPENINGS_PER_CONNECTION = 4;
+/** After a failed read of a gap, how long until the next try. */
+const FILL_RETRY_MS = 1000;
 /** setTimeout's ceiling; a later expiry is checked again when the timer fires. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
@@ -132,6 +134,8 @@ interface Room {
   reachedSeq: number;
   filling: boolean;
   refill: boolean;
+  /** Messages may have been lost: the next fill reads the store even with nothing held. */
+  stale: boolean;
 }
 
 const runGone = (runId: string): AccessError => ({
@@ -491,8 +495,12 @@ export class Hub implements SubscriberHooks {
   /** Messages may have been lost: every room checks the store for what it missed. */
   resync(): void {
     for (const [runId, room] of this.rooms) {
-      if (room.deliveredSeq !== undefined) this.scheduleFill(runId, room);
+      if (room.deliveredSeq === undefined) continue;
+      room.stale = true;
+      this.scheduleFill(runId, room);
     }
+    // Waiting long-polls read the store when they wake.
+    for (const set of [...this.waiters.values()]) for (const waiter of [...set]) waiter.wake();
   }
 
   private fanOut(room: Room, event: RunEvent): void {
@@ -532,8 +540,12 @@ export class Hub implements SubscriberHooks {
     room.filling = true;
     setImmediate(() => {
       this.fill(runId, room).catch(() => {
-        // The store did not answer: the next message or resync tries again.
+        // The store did not answer: read again in a second (or at the next message).
         room.filling = false;
+        room.stale = true;
+        setTimeout(() => {
+          if (this.rooms.get(runId) === room) this.scheduleFill(runId, room);
+        }, FILL_RETRY_MS).unref();
       });
     });
   }
@@ -544,8 +556,9 @@ export class Hub implements SubscriberHooks {
     for (;;) {
       room.refill = false;
       const from = room.deliveredSeq ?? 0;
-      const ahead = room.held.size > 0 || room.reachedSeq > from;
+      const ahead = room.stale || room.held.size > 0 || room.reachedSeq > from;
       if (!ahead || this.rooms.get(runId) !== room) break;
+      room.stale = false;
       if (room.held.has(from + 1)) {
         // What was missing arrived meanwhile.
         room.filling = false;
@@ -676,6 +689,7 @@ export class Hub implements SubscriberHooks {
         reachedSeq: 0,
         filling: false,
         refill: false,
+        stale: false,
       };
       this.rooms.set(runId, room);
     }

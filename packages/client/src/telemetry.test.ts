@@ -35,6 +35,12 @@ describe('telemetry', () => {
     });
   });
 
+  it('reports no transport, and keeps the fallback report, on the REST opening snapshot', async () => {
+    const ctx = context({ from: 'websocket', reason: 'timeout' });
+    expect(await requestHeaders(ctx, null)).toEqual({ authorization: 'Bearer tok' });
+    expect(await requestHeaders(ctx, 'sse')).toMatchObject({ 'x-runcast-fallback-from': 'websocket' });
+  });
+
   it('counts as duplicates only seqs already delivered, not a poll that repeats the state', () => {
     const cursor = new RunCursor();
     cursor.accept(snapshotEvent('run_a', 1));

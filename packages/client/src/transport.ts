@@ -61,12 +61,13 @@ export async function currentToken(source: TokenSource): Promise<string | undefi
 /** Headers for an HTTP transport: credentials (if a token) and, on the first request only, the fallback report. */
 export async function requestHeaders(
   context: TransportContext,
-  method: ConnectionMethod,
+  method: ConnectionMethod | null,
 ): Promise<Record<string, string>> {
-  const headers: Record<string, string> = { 'x-runcast-transport': method };
+  // A request of no transport (the REST opening snapshot) reports nothing: it is no poll.
+  const headers: Record<string, string> = method ? { 'x-runcast-transport': method } : {};
   const token = await currentToken(context.token);
   if (token) headers.authorization = `Bearer ${token}`;
-  const fallback = takeFallback(context);
+  const fallback = method ? takeFallback(context) : undefined;
   if (fallback) {
     headers['x-runcast-fallback-from'] = fallback.from;
     headers['x-runcast-fallback-reason'] = fallback.reason;

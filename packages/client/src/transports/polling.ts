@@ -38,10 +38,11 @@ async function pollOnce(
   truncatedBefore: boolean,
   signal: AbortSignal,
   onEvent: (event: ProgressEvent) => void,
+  reportAs: 'polling' | null = 'polling',
 ): Promise<PollOutcome> {
   const since = context.cursor(runId);
   const query = new URLSearchParams();
-  const headers = await requestHeaders(context, 'polling');
+  const headers = await requestHeaders(context, reportAs);
   if (since !== undefined) {
     query.set('since', String(since));
     if (waitS > 0) query.set('wait', String(waitS));
@@ -91,7 +92,7 @@ export async function fetchRunOnce(
 ): Promise<void> {
   let truncated = false;
   for (;;) {
-    const outcome = await pollOnce(context, runId, 0, truncated, signal, onEvent);
+    const outcome = await pollOnce(context, runId, 0, truncated, signal, onEvent, null);
     if (outcome.kind !== 'more') return;
     truncated = outcome.truncated;
   }

@@ -236,6 +236,18 @@ async function observe(
   }
 }
 
+/** An observation as the results file keeps it: counts instead of every log seq. */
+function stored(o: Observation): Record<string, unknown> {
+  const { logSeqs: _watchedSeqs, ...watched } = o.watched;
+  const { logSeqs, ...finished } = o.finished;
+  return {
+    ...o,
+    watched,
+    finished: { ...finished, logs: logSeqs.length },
+    expectedLogs: o.expectedLogs.length,
+  };
+}
+
 /** What the ProgressService must do on every network: first data, every log once, the end. */
 function deliveryProblems(o: Observation, subject: Subject, network: NetworkClass): string[] {
   const where = `${subject.label}, ${network.label}`;
@@ -471,7 +483,11 @@ export async function runNetwork(
     title: params.title,
     scale: params.scale,
     params: { ...params, classes: CLASSES },
-    systems: { observations, rates, pollingFirst },
+    systems: {
+      observations: observations.map(stored),
+      rates: rates.map(stored),
+      pollingFirst: pollingFirst && stored(pollingFirst),
+    },
     rows,
     tables,
     notes,
@@ -580,7 +596,7 @@ function networkTables(
 
 function networkNotes(params: NetworkParams, pollingFirst: Observation | undefined): string[] {
   const notes = [
-    'Each viewer follows its own run through its own proxy on loopback; the viewers of one repetition run at once in one process, the Runcast server in another. Every run gets a log line each second while it is watched, then completes.',
+    'Each viewer follows its own run through its own proxy on loopback; the viewers of one repetition run at once in one process, the Runcast server in another. Every run gets a log line each second while it is watched (except the quiet run of the idle-timeout table), then completes.',
     `A viewer has settled when it has been connected on one method, its first snapshot received, for ${params.quietMs / 1000} s; "settled" is the time of that last connection (for the ProgressService its last change to the \`connected\` state or to another method while connected; for socket.io-client its last acknowledged \`subscribe\`; for EventSource the snapshot after its last (re)open). Repetitions end there or after ${params.capMs / 1000} s (ProgressService) / ${params.baselineCapMs / 1000} s (baselines); "unsettled" means not settled by then, "fails" no first snapshot by then.`,
     "The ProgressService runs with default options and a bearer token. socket.io-client runs with `transports: ['websocket']` and otherwise its defaults, subscribing on every (re)connection from its last seq; its first snapshot is the `subscribe` acknowledgement. EventSource is the `eventsource` package on `/api/v1/runs/{id}/stream` with the token in an Authorization header, reconnecting by itself.",
     `The idle-timeout network is served with RUNCAST_WS_PING_INTERVAL_MS=${SHORT_HEARTBEATS.RUNCAST_WS_PING_INTERVAL_MS} and RUNCAST_SSE_KEEPALIVE_MS=${SHORT_HEARTBEATS.RUNCAST_SSE_KEEPALIVE_MS}, the heartbeats such a proxy needs; the other networks with the defaults. The proxy answers a request idle for 5 s with 504 and closes a stream or WebSocket idle for 5 s. Its rate table adds a quiet run on a server left at the default heartbeats, which such a proxy cuts: there only the client can keep its method.`,

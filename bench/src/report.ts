@@ -1,4 +1,4 @@
-import { type Row, type ScenarioResult, SYSTEM_LABEL } from './results.js';
+import { type Row, type ScenarioResult, SYSTEM_LABEL, type Table } from './results.js';
 
 /** Facts about the run printed above the table. */
 export interface RunInfo {
@@ -57,6 +57,16 @@ export function scenarioTable(result: ScenarioResult, quick = false): string[] {
   return lines;
 }
 
+function table(t: Table): string[] {
+  return [
+    `**${t.caption}**`,
+    '',
+    `| ${t.header.join(' | ')} |`,
+    `| ${t.header.map((_, i) => (i === 0 ? '---' : '---:')).join(' | ')} |`,
+    ...t.rows.map((cells) => `| ${cells.join(' | ')} |`),
+  ];
+}
+
 /** The targets of DESIGN §7 with Runcast's figure and whether each holds. */
 export function targetsTable(results: ScenarioResult[]): string[] {
   const lines = ['| scenario | figure | Runcast | target | holds |', '| --- | --- | ---: | --- | --- |'];
@@ -101,6 +111,8 @@ export function renderMarkdown(results: ScenarioResult[], info: RunInfo, notes: 
     out.push('', `## ${result.title}`, '');
     if (result.scale) out.push(`Scale: ${result.scale}`, '');
     out.push(...scenarioTable(result, info.mode === 'quick'));
+    for (const t of result.tables ?? []) out.push('', ...table(t));
+    if (result.notes?.length) out.push('', ...result.notes.map((note) => `- ${note}`));
     if (result.problems.length > 0) {
       out.push('', '**Problems:**', '');
       for (const problem of result.problems) out.push(`- ${problem.split('\n')[0]}`);

@@ -19,6 +19,13 @@ export interface Row {
   target?: { text: string; holds: boolean | undefined };
 }
 
+/** A table of figures that are not Runcast-beside-one-baseline (several subjects × conditions). */
+export interface Table {
+  caption: string;
+  header: string[];
+  rows: string[][];
+}
+
 /** Everything one scenario measured, as written to `results/<date>-<id>.json`. */
 export interface ScenarioResult {
   id: string;
@@ -29,6 +36,10 @@ export interface ScenarioResult {
   /** The raw measurements of each system. */
   systems: Record<string, unknown>;
   rows: Row[];
+  /** Printed under the rows. */
+  tables?: Table[];
+  /** How to read the tables, printed under them. */
+  notes?: string[];
   /** Correctness failures: lost logs, subscribers not on the terminal update, crashes, errors. */
   problems: string[];
   durationS: number;

@@ -5,11 +5,15 @@
  *
  * `npm run bench -- --quick`: small counts, under two minutes; asserts only correctness (no log
  * line lost, every subscriber on the terminal update) and exits non-zero otherwise. Never timings.
+ *
+ * `--before-client=<worktree>` (full mode): the network scenario also measures the ProgressService
+ * built in that worktree (`npx tsc -b packages/client` there), as a 'before' column.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, release, totalmem } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { CAN_PIN, CPU_COUNT, LOAD_CPU, SERVER_CPU, stopAllProcesses } from './bench-process.js';
 import { REPO_ROOT, RESULTS_DIR, removeScratchDir, scratchDir } from './paths.js';
@@ -19,6 +23,7 @@ import type { ScenarioResult } from './results.js';
 import { type FanoutMeasurement, type FanoutParams, runFanout } from './scenarios/fanout.js';
 import { runIdle } from './scenarios/idle.js';
 import { runIngest } from './scenarios/ingest.js';
+import { type NetworkParams, runNetwork } from './scenarios/network.js';
 import { runPolling } from './scenarios/polling.js';
 
 const { values: options } = parseArgs({
@@ -27,6 +32,7 @@ const { values: options } = parseArgs({
     only: { type: 'string' },
     'time-limit-s': { type: 'string' },
     profile: { type: 'boolean', default: false },
+    'before-client': { type: 'string' },
   },
   strict: true,
 });
@@ -97,6 +103,29 @@ function localDate(): string {
 interface Planned {
   id: string;
   run(): Promise<ScenarioResult>;
+  /** A full run also writes its section alone to `results/<id>.md` (it is often run with --only). */
+  standalone?: boolean;
+}
+
+/** The client built in another worktree, for the network scenario's 'before' column. */
+function beforeClient(): NetworkParams['before'] {
+  const dir = options['before-client'];
+  if (dir === undefined) return undefined;
+  if (quick) {
+    log('bench: --before-client is ignored in quick mode');
+    return undefined;
+  }
+  const entry = resolve(dir, 'packages/client/dist/index.js');
+  if (!existsSync(entry)) {
+    throw new Error(`--before-client: ${entry} does not exist (run \`npx tsc -b packages/client\` there)`);
+  }
+  let commit = 'before';
+  try {
+    commit = execFileSync('git', ['-C', dir, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim();
+  } catch {
+    // not a git worktree: the column keeps the generic name
+  }
+  return { module: pathToFileURL(entry).href, label: `ProgressService (${commit})` };
 }
 
 function plan(maxConnections: number, results: ScenarioResult[]): Planned[] {
@@ -183,6 +212,29 @@ function plan(maxConnections: number, results: ScenarioResult[]): Planned[] {
           }),
           log,
         ),
+    },
+    {
+      id: 'network',
+      standalone: true,
+      run: () => {
+        const before = beforeClient();
+        const params: NetworkParams = {
+          id: 'network',
+          title: 'Networks: first snapshot and settling on the final method, behind misbehaving proxies',
+          scale: quick
+            ? 'quick mode: one run per network, 10 s under the idle-timeout proxy; correctness only'
+            : '',
+          quick,
+          repetitions: quick ? 1 : 5,
+          quietMs: quick ? 2000 : 5000,
+          capMs: quick ? 15_000 : 30_000,
+          baselineCapMs: quick ? 4000 : 15_000,
+          ratePeriodMs: quick ? 10_000 : 60_000,
+          logIntervalMs: 1000,
+          ...(before ? { before } : {}),
+        };
+        return runNetwork(params, log);
+      },
     },
   ];
   if (quick) return scenarios;
@@ -290,6 +342,20 @@ async function main(): Promise<number> {
   const date = localDate();
   if (profile) enableProfiling(join(scratchDir(), 'profiles'));
   if (!quick) mkdirSync(RESULTS_DIR, { recursive: true });
+  const flags = [
+    ...(quick ? ['--quick'] : []),
+    ...(only ? [`--only ${only.join(',')}`] : []),
+    ...(options['before-client'] && !quick ? [`--before-client=${options['before-client']}`] : []),
+  ];
+  const runInfo = (durationS: number): RunInfo => ({
+    date,
+    mode: quick ? 'quick' : 'full',
+    machine: machineInfo(),
+    pinning,
+    commit: commit(),
+    durationS,
+    command: `npm run bench${flags.length > 0 ? ` -- ${flags.join(' ')}` : ''}`,
+  });
   for (const scenario of plan(maxConnections, results)) {
     if (only && !only.includes(scenario.id)) continue;
     profiling.label = scenario.id;
@@ -297,17 +363,13 @@ async function main(): Promise<number> {
     results.push(result);
     if (!quick && !profile) {
       writeFileSync(join(RESULTS_DIR, `${date}-${result.id}.json`), `${JSON.stringify(result, null, 2)}\n`);
+      if (scenario.standalone) {
+        const section = renderMarkdown([result], runInfo(result.durationS), notes);
+        writeFileSync(join(RESULTS_DIR, `${result.id}.md`), section);
+      }
     }
   }
-  const info: RunInfo = {
-    date,
-    mode: quick ? 'quick' : 'full',
-    machine: machineInfo(),
-    pinning,
-    commit: commit(),
-    durationS: (Date.now() - started) / 1000,
-    command: `npm run bench${quick ? ' -- --quick' : ''}${only ? ` -- --only ${only.join(',')}` : ''}`,
-  };
+  const info = runInfo((Date.now() - started) / 1000);
   const markdown = renderMarkdown(results, info, [...notes, ...(quick ? [] : METHOD_NOTES)]);
   if (!quick && !only && !profile) writeFileSync(join(RESULTS_DIR, 'latest.md'), markdown);
   log(`\n${markdown}`);

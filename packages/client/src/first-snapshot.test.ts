@@ -31,7 +31,7 @@ describe('first data over REST while the transport connects', () => {
     expect(service.getConnectionMethod()).toBe('websocket');
   });
 
-  it('resumes a transport that opened without a cursor before the REST answer set one', async () => {
+  it('reads the gap over REST when a transport opened without the cursor REST set meanwhile', async () => {
     const { service, factory, net } = harness({ options: { connectTimeoutMs: SLOW, raceAfterMs: null } });
     const seen = record(service, RUN);
     const websocket = factory.last('websocket');
@@ -39,16 +39,24 @@ describe('first data over REST while the transport connects', () => {
     await flushMicrotasks();
     net.to('/progress')[0]?.respond(progress(4));
     await flushMicrotasks();
-    // The transport's snapshot is at 7: logs 5..7 may have been skipped. It is not delivered;
-    // the run is opened again from the cursor instead.
+    // The transport's snapshot is at 7, and its live events follow at once: logs 5..7 would be
+    // skipped. They wait while the gap is read over REST.
     websocket.emit(snapshotEvent(RUN, 7, { stage: 'EXPORT' }));
-    expect(websocket.resumed).toEqual([RUN]);
+    websocket.emit(logEvent(RUN, 8));
+    await flushMicrotasks();
     expect(seqsOf(seen.events)).toEqual([4]);
-    websocket.emit(logEvent(RUN, 5));
-    websocket.emit(logEvent(RUN, 6));
-    websocket.emit(snapshotEvent(RUN, 7, { stage: 'EXPORT' }));
-    expect(seqsOf(seen.events)).toEqual([4, 5, 6, 7]);
-    expect(typesOf(seen.events)).toEqual(['snapshot', 'log', 'log', 'update']);
+    const gap = net.to('/progress')[1];
+    expect(gap?.url).toContain('since=4');
+    gap?.respond(
+      Response.json({
+        ...runSnapshot(RUN, 7, { stage: 'EXPORT' }),
+        events: [logEvent(RUN, 5), logEvent(RUN, 6), logEvent(RUN, 7)],
+      }),
+    );
+    await flushMicrotasks();
+    expect(seqsOf(seen.events)).toEqual([4, 5, 6, 7, 7, 8]);
+    expect(typesOf(seen.events)).toEqual(['snapshot', 'log', 'log', 'log', 'update', 'log']);
+    expect(websocket.resumed).toEqual([]);
   });
 
   it('ends the run with its error when REST answers 404, without waiting for the transport', async () => {

@@ -107,6 +107,8 @@ interface Opened {
   method: ConnectionMethod;
   /** Runs it was asked to open without a cursor (it got only their snapshot). */
   blind: Set<string>;
+  /** Its events of runs whose gap is being read over REST, held until the gap is filled. */
+  held: Map<string, ProgressEvent[]>;
   openedAtMs: number | undefined;
   lastEventMs: number;
   /** It delivered at least one event (replayed logs may come long before the snapshot). */
@@ -336,6 +338,31 @@ export class ProgressService {
     );
   }
 
+  /**
+   * A transport opened a run without a cursor, and the REST answer set one meanwhile: logs between
+   * the two states may be missing. They are read over REST (from the cursor to now) while this
+   * transport's events of the run wait; then those follow, what REST already brought dropped by
+   * seq. Re-opening the transport instead would race its live events with the new replay.
+   */
+  private fillGap(transport: Transport, opened: Opened, snapshot: ProgressEvent): void {
+    const runId = snapshot.run_id;
+    const held: ProgressEvent[] = [snapshot];
+    opened.held.set(runId, held);
+    const release = (filled: boolean) => {
+      if (opened.held.get(runId) !== held) return;
+      opened.held.delete(runId);
+      if (filled) for (const event of held) this.deliver(event);
+      // Without the gap, the run is opened again from the cursor.
+      else transport.resume(runId);
+    };
+    fetchRunOnce(this.context(undefined, new Set()), runId, new AbortController().signal, (event) =>
+      this.deliver(event),
+    ).then(
+      () => release(true),
+      () => release(false),
+    );
+  }
+
   /** Gives a callback added to a followed run the state known now, once, before anything else. */
   private prime(subscription: Subscription, callback: ProgressCallback): void {
     if (!subscription.unprimed.delete(callback) || !subscription.callbacks.has(callback)) return;
@@ -413,7 +440,14 @@ export class ProgressService {
     const transport = this.createTransport(method, this.context(fallback, blind));
     return {
       transport,
-      opened: { method, blind, openedAtMs: undefined, lastEventMs: this.env.now(), carried: false },
+      opened: {
+        method,
+        blind,
+        held: new Map(),
+        openedAtMs: undefined,
+        lastEventMs: this.env.now(),
+        carried: false,
+      },
     };
   }
 
@@ -430,12 +464,15 @@ export class ProgressService {
           this.setState('connected', opened.method, this.connectedReason(transport));
         }
         if (event.type === 'snapshot' || event.type === 'error') this.opening.get(transport)?.();
+        const held = opened.held.get(event.run_id);
+        if (held) {
+          held.push(event);
+          return;
+        }
         if (event.type === 'snapshot' && opened.blind.delete(event.run_id)) {
           const cursor = this.subscriptions.get(event.run_id)?.cursor;
           if (cursor?.lastState && cursor.lastSeq !== undefined && event.seq > cursor.lastSeq) {
-            // Opened without a cursor, but the REST answer set one meanwhile: logs between the two
-            // states may be missing. Open it again from the cursor instead of skipping them.
-            transport.resume(event.run_id);
+            this.fillGap(transport, opened, event);
             return;
           }
         }

@@ -462,7 +462,10 @@ describe('Hub', () => {
         const subscriber = deaf.attach(sink);
         await deaf.open(subscriber, runId, 0, new RecordingOpening().asOpening());
         await silent.updateProgress(runId, { status: 'RUNNING' });
-        await silent.appendLogs(runId, [{ level: 'info', message: 'a' }, { level: 'info', message: 'b' }]);
+        await silent.appendLogs(runId, [
+          { level: 'info', message: 'a' },
+          { level: 'info', message: 'b' },
+        ]);
         await nextTick();
         expect(sink.events).toEqual([]);
         bus.publish({ type: 'resync' });

@@ -35,7 +35,7 @@ import { sseRoutes } from './live/sse.js';
 import { Metrics } from './metrics.js';
 import { projectRoutes } from './projects/routes.js';
 import { GitMirrorExecutor, type GitMirrorHooks } from './runner/executors/git-mirror.js';
-import { Runner } from './runner/runner.js';
+import { newNodeId, Runner } from './runner/runner.js';
 import { SecretBox } from './runner/secrets.js';
 import { PollFastPath } from './runs/poll-fast-path.js';
 import { runRoutes } from './runs/routes.js';
@@ -225,7 +225,13 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   // Directory writes are announced on the bus, and every node's cache follows them.
   const detachCache = store.attach(bus);
   const runner = new Runner(
-    { concurrency: config.runnerConcurrency, workRoot: join(config.dataDir, 'work') },
+    {
+      concurrency: config.runnerConcurrency,
+      workRoot: join(config.dataDir, 'work'),
+      // The embedded store has one node: a fixed id lets it take back its runs at once on restart.
+      nodeId: config.nodeId ?? (config.databaseUrl === undefined ? 'embedded' : newNodeId()),
+      leaseMs: config.runLeaseMs,
+    },
     app.log,
   ).register(
     new GitMirrorExecutor(SecretBox.forDataDir(config.dataDir), {
@@ -376,7 +382,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   }
 
   await ensureAdmin(store, config.adminPassword, options.announce ?? ((message) => console.log(message)));
-  await runner.start(runs, bus);
+  await runner.start(runs, bus, store);
 
   let closed = false;
   return {

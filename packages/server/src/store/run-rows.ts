@@ -160,13 +160,13 @@ export function checkLogSeqs(current: RunRecord, { run, logs }: RunChange): void
 
 /**
  * The runs a claim may take (SQL condition over `runs`, given the placeholders of its parameters):
- * QUEUED runs no live lease holds, RUNNING runs whose lease ran out or never existed (left by a
- * Runcast before leases), and, with `reclaim` true, the RUNNING runs `owner` held in a previous
- * life. Which kinds is the caller's condition.
+ * QUEUED and RUNNING runs whose lease ran out or never existed (a RUNNING one left by a Runcast
+ * before leases), and, with `reclaim` true, those `owner` held in a previous life. Which kinds is
+ * the caller's condition.
  */
 export function claimableRuns(now: string, owner: string, reclaim: string): string {
   return `(
-    (status = 'QUEUED' AND (owner IS NULL OR lease_until < ${now}))
-    OR (status = 'RUNNING' AND (lease_until IS NULL OR lease_until < ${now} OR (${reclaim} AND owner = ${owner})))
+    status IN ('QUEUED', 'RUNNING')
+    AND (lease_until IS NULL OR lease_until < ${now} OR (${reclaim} AND owner = ${owner}))
   )`;
 }

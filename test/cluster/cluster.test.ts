@@ -1,68 +1,33 @@
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ProgressService } from '../../packages/client/src/index.js';
 import type { ConnectionMethod } from '../../packages/client/src/types.js';
 import { Api } from '../../packages/server/src/test-support/server.js';
+import { type Cluster, startCluster, storedRow, until } from '../support/cluster.js';
 import { Collector } from '../support/collector.js';
-import { type PostgresServer, startPostgres } from '../support/postgres.js';
-import { DEPLOY, fillTemplate, type ProxyProcess, startHaproxy } from '../support/real-proxies.js';
-import { CHILD_ADMIN_PASSWORD, freePort, ServerProcess } from '../support/server-process.js';
+import type { PostgresServer } from '../support/postgres.js';
+import { CHILD_ADMIN_PASSWORD, type ServerProcess } from '../support/server-process.js';
 
 // Three Runcast nodes on one PostgreSQL, behind HAProxy round-robin with no sticky sessions
 // (issue 13). Every scenario is checked the same way: per run and client, seqs strictly
 // increasing, every log exactly once, and the final state equal to what PostgreSQL holds.
 
-const SECRET = 'cluster-test-signing-key-0123456789abcdef';
 const METHODS: ConnectionMethod[] = ['websocket', 'sse', 'polling'];
 
-let postgres: PostgresServer;
+let cluster: Cluster;
 let databaseUrl: string;
-let scratch: string;
-const nodes: ServerProcess[] = [];
-let balancer: ProxyProcess;
+let postgres: PostgresServer;
+let nodes: ServerProcess[];
+let startNode: Cluster['startNode'];
 let balancerUrl: string;
 let admin: Api;
 let projectId: string;
 let worker: Api;
 
-/** Starts node `index` (again, after a kill) on its own port and data dir. */
-async function startNode(index: number, port?: number): Promise<ServerProcess> {
-  const node = await ServerProcess.start(join(scratch, `node${index}`), port ?? (await freePort()), {
-    RUNCAST_DATABASE_URL: databaseUrl,
-    RUNCAST_SECRET: SECRET,
-    RUNCAST_TRUST_PROXY: 'loopback',
-    LOG_LEVEL: 'info',
-  });
-  nodes[index] = node;
-  return node;
-}
-
-async function until(check: () => boolean | Promise<boolean>, what: string, timeoutMs = 20_000) {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-}
-
 /** The run as PostgreSQL holds it: status and seq, read straight from the database. */
 async function stored(runId: string): Promise<{ status: string; seq: number }> {
-  const client = new pg.Client({ connectionString: databaseUrl });
-  await client.connect();
-  try {
-    const { rows } = await client.query<{ status: string; seq: string }>(
-      'SELECT status, seq FROM runs WHERE run_id = $1',
-      [runId],
-    );
-    const row = rows[0];
-    if (!row) throw new Error(`run ${runId} is not in PostgreSQL`);
-    return { status: row.status, seq: Number(row.seq) };
-  } finally {
-    await client.end();
-  }
+  const row = await storedRow<{ status: string; seq: string }>(databaseUrl, runId, 'status, seq');
+  return { status: row.status, seq: Number(row.seq) };
 }
 
 /**
@@ -94,26 +59,8 @@ async function newRun(): Promise<string> {
 }
 
 beforeAll(async () => {
-  scratch = mkdtempSync(join(tmpdir(), 'runcast-cluster-'));
-  postgres = await startPostgres();
-  databaseUrl = await postgres.createDatabase('cluster');
-  // Started together, as an operator would: migrations and the bootstrap admin race.
-  await Promise.all([0, 1, 2].map((index) => startNode(index)));
-  const port = await freePort();
-  const config = fillTemplate(DEPLOY.haproxy, {
-    BIND: `127.0.0.1:${port}`,
-    RUNCAST_UPSTREAM: new URL(nodes[0]!.url).host,
-    BASE_PATH: '',
-  }).replace(/^(\s*)server runcast1 (\S+) check$/m, (_line, indent: string) =>
-    nodes
-      .map(
-        (node, i) =>
-          `${indent}server runcast${i + 1} ${new URL(node.url).host} check inter 500 fall 2 rise 1`,
-      )
-      .join('\n'),
-  );
-  balancer = await startHaproxy(join(scratch, 'haproxy'), config, [port]);
-  balancerUrl = `http://127.0.0.1:${port}`;
+  cluster = await startCluster('cluster');
+  ({ databaseUrl, postgres, nodes, startNode, balancerUrl } = cluster);
   admin = await new Api(balancerUrl).login('admin', CHILD_ADMIN_PASSWORD);
   projectId = (await admin.post('/projects', { name: 'cluster' })).body.project_id;
   worker = new Api(
@@ -123,10 +70,7 @@ beforeAll(async () => {
 }, 120_000);
 
 afterAll(async () => {
-  await balancer?.stop();
-  for (const node of nodes) await node?.kill();
-  await postgres?.stop();
-  rmSync(scratch, { recursive: true, force: true });
+  await cluster?.stop();
 });
 
 describe('three nodes on PostgreSQL', () => {

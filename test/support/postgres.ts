@@ -3,6 +3,7 @@ import { chmodSync, chownSync, existsSync, mkdtempSync, readFileSync, rmSync } f
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import pg from 'pg';
+import { afterAll, beforeAll } from 'vitest';
 import { freePort } from './server-process.js';
 
 // A real PostgreSQL 15 for the tests, from Debian's `postgresql` package (the test command
@@ -163,5 +164,24 @@ export async function startPostgres(): Promise<PostgresServer> {
       await waitForExit(pid, 10_000);
       rmSync(dir, { recursive: true, force: true });
     },
+  };
+}
+
+/**
+ * One PostgreSQL server for the calling test file, started before its tests and stopped after
+ * them; answers a function that creates a new, empty database on it (`<prefix>_<n>`) and its URL.
+ */
+export function postgresForFile(prefix: string): () => Promise<string> {
+  let server: PostgresServer | undefined;
+  let databases = 0;
+  beforeAll(async () => {
+    server = await startPostgres();
+  });
+  afterAll(async () => {
+    await server?.stop();
+  });
+  return () => {
+    if (!server) throw new Error('PostgreSQL is not started yet: create databases inside tests');
+    return server.createDatabase(`${prefix}_${++databases}`);
   };
 }

@@ -155,6 +155,39 @@ export async function startChaosProxy(
   };
 }
 
+/**
+ * A TCP proxy whose answers trickle at about `bytesPerS` (what the client sends passes freely):
+ * makes a fast local server a slow remote one, such as a large git repository far away.
+ */
+export async function startSlowProxy(
+  targetPort: number,
+  bytesPerS: number,
+): Promise<{ port: number; close(): Promise<void> }> {
+  const sockets = new Set<Socket>();
+  const server = createTcpServer((client) => {
+    const upstream = connect(targetPort, '127.0.0.1');
+    for (const socket of [client, upstream]) {
+      sockets.add(socket);
+      socket.on('error', () => socket.destroy());
+      socket.on('close', () => {
+        sockets.delete(socket);
+        client.destroy();
+        upstream.destroy();
+      });
+    }
+    client.pipe(upstream);
+    upstream.on('data', (chunk: Buffer) => {
+      client.write(chunk);
+      upstream.pause();
+      setTimeout(() => upstream.resume(), (chunk.length / bytesPerS) * 1000);
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const address = server.address();
+  if (address === null || typeof address === 'string') throw new Error('proxy has no port');
+  return { port: address.port, close: () => closeServer(server, sockets) };
+}
+
 function closeServer(
   server: Server | ReturnType<typeof createTcpServer>,
   sockets: Set<Socket>,

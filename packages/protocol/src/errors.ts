@@ -16,6 +16,11 @@ export const ERROR_STATUS = {
   RUN_TERMINAL: 409,
   INVALID_TRANSITION: 409,
   ALREADY_EXISTS: 409,
+  /**
+   * A node wrote to a run it no longer owns: its lease ran out and another node claimed the run.
+   * Nothing was stored; the writer stops working on the run.
+   */
+  LEASE_LOST: 409,
   PAYLOAD_TOO_LARGE: 413,
   UNSUPPORTED_MEDIA_TYPE: 415,
   RATE_LIMITED: 429,

@@ -35,12 +35,13 @@ import { sseRoutes } from './live/sse.js';
 import { Metrics } from './metrics.js';
 import { projectRoutes } from './projects/routes.js';
 import { GitMirrorExecutor, type GitMirrorHooks } from './runner/executors/git-mirror.js';
-import { Runner } from './runner/runner.js';
+import { newNodeId, Runner } from './runner/runner.js';
 import { SecretBox } from './runner/secrets.js';
 import { PollFastPath } from './runs/poll-fast-path.js';
 import { runRoutes } from './runs/routes.js';
 import { RunService } from './runs/run-service.js';
 import { CachedStore } from './store/cached.js';
+import { type ClusterKeys, loadClusterKeys } from './store/cluster-keys.js';
 import { createStore } from './store/create-store.js';
 import type { Store } from './store/store.js';
 
@@ -144,7 +145,6 @@ function logRequest(request: FastifyRequest, reply: FastifyReply): void {
 
 /** Builds the Fastify app with every plugin registered; call `app.listen` to serve. */
 export async function buildApp(config: Config, options: BuildOptions = {}): Promise<Runcast> {
-  const secret = loadOrCreateSecret(config);
   // What requests read stays in memory. On SQLite this process is the only writer; on PostgreSQL
   // other nodes write too (multi-writer: cache invalidation is driven by the bus).
   const store = new CachedStore(
@@ -157,6 +157,17 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
       onError: (err) => app.log.warn({ err }, 'an idle database connection failed; it will be replaced'),
     }),
   );
+  // Every node on one database signs tokens and seals git secrets with the same keys.
+  let keys: ClusterKeys | undefined;
+  try {
+    keys =
+      config.databaseUrl === undefined ? undefined : await loadClusterKeys(config.databaseUrl, config.secret);
+  } catch (err) {
+    await store.close();
+    throw err;
+  }
+  const secret = keys?.signingSecret ?? loadOrCreateSecret(config);
+  const secretBox = keys ? new SecretBox(keys.sealingKey) : SecretBox.forDataDir(config.dataDir);
   let pollFastPath: PollFastPath | undefined;
   const proxyTrust = new ProxyTrust(config.trustProxy);
   const { basePath } = config;
@@ -225,10 +236,16 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   // Directory writes are announced on the bus, and every node's cache follows them.
   const detachCache = store.attach(bus);
   const runner = new Runner(
-    { concurrency: config.runnerConcurrency, workRoot: join(config.dataDir, 'work') },
+    {
+      concurrency: config.runnerConcurrency,
+      workRoot: join(config.dataDir, 'work'),
+      // The embedded store has one node: a fixed id lets it take back its runs at once on restart.
+      nodeId: config.nodeId ?? (config.databaseUrl === undefined ? 'embedded' : newNodeId()),
+      leaseMs: config.runLeaseMs,
+    },
     app.log,
   ).register(
-    new GitMirrorExecutor(SecretBox.forDataDir(config.dataDir), {
+    new GitMirrorExecutor(secretBox, {
       allowLocal: config.gitAllowLocal,
       hooks: options.gitMirrorHooks,
     }),
@@ -376,7 +393,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   }
 
   await ensureAdmin(store, config.adminPassword, options.announce ?? ((message) => console.log(message)));
-  await runner.start(runs, bus);
+  await runner.start(runs, bus, store);
 
   let closed = false;
   return {

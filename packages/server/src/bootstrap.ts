@@ -8,7 +8,10 @@ import { newId } from './ids.js';
 import { makePrivateDir, restrictFile, writePrivateFile } from './private-files.js';
 import type { Store } from './store/store.js';
 
-/** The token signing key: RUNCAST_SECRET, or one generated once and kept in the data dir (0600). */
+/**
+ * The token signing key of the embedded store's one node: RUNCAST_SECRET, or one generated once and
+ * kept in the data dir (0600). Nodes on PostgreSQL share theirs through `loadClusterKeys`.
+ */
 export function loadOrCreateSecret(config: Config): string {
   if (config.secret) return config.secret;
   makePrivateDir(config.dataDir);

@@ -59,6 +59,16 @@ export interface Config {
   /** Runs the runner executes at once. */
   runnerConcurrency: number;
   /**
+   * This node's id, the owner of the runs it executes (`RUNCAST_NODE_ID`, unique per node); when
+   * unset, random at each start on PostgreSQL, and fixed with the embedded store's one node.
+   */
+  nodeId: string | undefined;
+  /**
+   * How long a node's claim on a run holds unless renewed (renewed every third of it): a node
+   * that dies loses its runs to another node after it.
+   */
+  runLeaseMs: number;
+  /**
    * git-mirror runs may name local paths and `file://` URLs: repositories on the server's own
    * disk. Off by default; tests and single-user setups turn it on.
    */
@@ -176,6 +186,10 @@ export function loadConfig(env: Env = process.env, args: string[] = []): Config 
   if (secret !== undefined && secret.length < 32) {
     throw new ConfigError('RUNCAST_SECRET must be at least 32 characters');
   }
+  const nodeId = env.RUNCAST_NODE_ID || undefined;
+  if (nodeId !== undefined && !/^[A-Za-z0-9._-]{1,64}$/.test(nodeId)) {
+    throw new ConfigError('RUNCAST_NODE_ID must be 1 to 64 letters, digits, dots, dashes or underscores');
+  }
   const adminPassword = env.RUNCAST_ADMIN_PASSWORD || undefined;
   if (adminPassword !== undefined && adminPassword.length < 8) {
     throw new ConfigError('RUNCAST_ADMIN_PASSWORD must be at least 8 characters');
@@ -269,6 +283,8 @@ export function loadConfig(env: Env = process.env, args: string[] = []): Config 
     metricsHost: env.RUNCAST_METRICS_HOST || '127.0.0.1',
     gateways: gateways(env.RUNCAST_TRANSPORTS),
     runnerConcurrency: integer('RUNCAST_RUNNER_CONCURRENCY', env.RUNCAST_RUNNER_CONCURRENCY, 2, 1, 64),
+    nodeId,
+    runLeaseMs: integer('RUNCAST_RUN_LEASE_MS', env.RUNCAST_RUN_LEASE_MS, 15_000, 300, 3_600_000),
     gitAllowLocal: boolean('RUNCAST_GIT_ALLOW_LOCAL', env.RUNCAST_GIT_ALLOW_LOCAL, false),
     webDir: env.RUNCAST_WEB_DIR || fileURLToPath(new URL('../../web/dist', import.meta.url)),
   };

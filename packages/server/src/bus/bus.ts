@@ -34,6 +34,8 @@ export type BusMessage =
   | { type: 'directory'; change: DirectoryChange }
   /** Stop executing a run (it was canceled): the node that owns it kills its work. */
   | { type: 'cancel'; run_id: string }
+  /** A run waits to be executed: runners look for runs to claim now rather than at their next poll. */
+  | { type: 'run-queued'; run_id: string }
   /**
    * Messages may have been lost (the bus reconnected): whoever keeps state derived from them
    * catches up from the store.

@@ -11,8 +11,9 @@ export function isSealed(value: unknown): value is string {
 }
 
 /**
- * Encrypts run secrets at rest (AES-256-GCM) with a key kept in the data dir (mode 0600), so
- * the database file never holds a token in clear.
+ * Encrypts run secrets at rest (AES-256-GCM) with a key kept in the data dir (mode 0600), or on
+ * PostgreSQL in the database for every node (`loadClusterKeys`), so that stored runs never hold a
+ * token in clear.
  */
 export class SecretBox {
   constructor(private readonly key: Buffer) {

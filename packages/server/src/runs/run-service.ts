@@ -13,7 +13,15 @@ import {
 import type { Bus } from '../bus/bus.js';
 import { AppError } from '../errors.js';
 import { newId } from '../ids.js';
-import type { IdempotencyClaim, RunChange, RunQuery, RunRecord, RunReplay, Store } from '../store/store.js';
+import type {
+  IdempotencyClaim,
+  RunChange,
+  RunFence,
+  RunQuery,
+  RunRecord,
+  RunReplay,
+  Store,
+} from '../store/store.js';
 import { toSnapshot } from './snapshot.js';
 
 /**
@@ -42,6 +50,12 @@ export const EXTERNAL_ONLY: RunKinds = {
 export interface ProducerRequestOptions {
   /** The request's `Idempotency-Key`: repeats with the same key for the same run are applied once. */
   idempotencyKey?: string | undefined;
+}
+
+/** What a change may carry: a producer's key, or the lease of the node executing the run. */
+export interface WriteOptions extends ProducerRequestOptions {
+  /** The runner's lease: the change is refused with LEASE_LOST once another node claimed the run. */
+  fence?: RunFence | undefined;
 }
 
 /** Identifies a request by what it asks for, so that one key cannot stand for two requests. */
@@ -155,7 +169,7 @@ export class RunService {
   async updateProgress(
     runId: string,
     patch: ProgressUpdate,
-    options: ProducerRequestOptions = {},
+    options: WriteOptions = {},
   ): Promise<RunSnapshot> {
     return this.commitOnce(
       runId,
@@ -165,14 +179,19 @@ export class RunService {
         return { run: next, logs: [] };
       },
       (change) => toSnapshot(change.run),
-      options.idempotencyKey,
+      options,
       () => fingerprint('progress', patch),
     );
   }
 
-  /** Moves a run to `status` (used by the runner and by cancel). */
-  setStatus(runId: string, status: RunStatus, error?: ProgressUpdate['error']): Promise<RunSnapshot> {
-    return this.updateProgress(runId, error === undefined ? { status } : { status, error });
+  /** Moves a run to `status` (used by the runner, under its lease, and by cancel). */
+  setStatus(
+    runId: string,
+    status: RunStatus,
+    error?: ProgressUpdate['error'],
+    options: WriteOptions = {},
+  ): Promise<RunSnapshot> {
+    return this.updateProgress(runId, error === undefined ? { status } : { status, error }, options);
   }
 
   /**
@@ -182,7 +201,7 @@ export class RunService {
   async appendLogs(
     runId: string,
     entries: readonly LogEntry[],
-    options: ProducerRequestOptions = {},
+    options: WriteOptions = {},
   ): Promise<{ first_seq: number; last_seq: number }> {
     return this.commitOnce(
       runId,
@@ -201,7 +220,7 @@ export class RunService {
         return { run: { ...current, seq: current.seq + entries.length }, logs: events };
       },
       ({ logs }) => ({ first_seq: logs[0]?.seq ?? 0, last_seq: logs[logs.length - 1]?.seq ?? 0 }),
-      options.idempotencyKey,
+      options,
       () => fingerprint('logs', entries),
     );
   }
@@ -241,7 +260,7 @@ export class RunService {
     runId: string,
     change: (current: RunRecord) => RunChange,
     answer: (change: RunChange) => T,
-    idempotencyKey: string | undefined,
+    { idempotencyKey, fence }: WriteOptions,
     requestFingerprint: () => string,
   ): Promise<T> {
     let answered: { value: T } | undefined;
@@ -256,7 +275,7 @@ export class RunService {
               return JSON.stringify(answered.value);
             },
           };
-    const result = await this.store.commitRun(runId, change, { idempotency: claim });
+    const result = await this.store.commitRun(runId, change, { idempotency: claim, fence });
     if (result.replayed) return JSON.parse(result.response) as T;
     this.publish(result.change);
     return answered ? answered.value : answer(result.change);

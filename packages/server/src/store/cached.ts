@@ -3,6 +3,8 @@ import type { Bus, DirectoryChange } from '../bus/bus.js';
 import { ReadCache } from './read-cache.js';
 import type {
   ApiTokenRecord,
+  ClaimedRun,
+  ClaimRequest,
   CommitOptions,
   CommitResult,
   MemberRecord,
@@ -331,6 +333,20 @@ export class CachedStore implements Store, CachedRecords {
 
   replay(runId: string, since: number, limit: number, maxBytes?: number): Promise<RunReplay | undefined> {
     return this.inner.replay(runId, since, limit, maxBytes);
+  }
+
+  // A lease is no part of a run's record: claims and renewals leave the cached runs as they are.
+
+  claimRuns(request: ClaimRequest): Promise<ClaimedRun[]> {
+    return this.inner.claimRuns(request);
+  }
+
+  renewLeases(
+    owner: string,
+    leases: readonly { run_id: string; fence: number }[],
+    leaseMs: number,
+  ): Promise<string[]> {
+    return this.inner.renewLeases(owner, leases, leaseMs);
   }
 }
 

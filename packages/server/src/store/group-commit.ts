@@ -1,5 +1,12 @@
 import { AppError } from '../errors.js';
-import type { CommitOptions, CommitResult, IdempotencyClaim, RunChange, RunRecord } from './store.js';
+import type {
+  CommitOptions,
+  CommitResult,
+  IdempotencyClaim,
+  RunChange,
+  RunFence,
+  RunRecord,
+} from './store.js';
 
 // What the SQLite and the PostgreSQL store share about group commit: the settings, a queued
 // `commitRun` call, how a batch settles, and the idempotency check each call makes.
@@ -33,6 +40,8 @@ export interface PendingCommit {
   claim: IdempotencyClaim | undefined;
   /** The caller's copy of the run (`CommitOptions.current`). */
   known: RunRecord | undefined;
+  /** The writer's lease (`CommitOptions.fence`). */
+  fence: RunFence | undefined;
   resolve: (result: CommitResult) => void;
   reject: (reason: unknown) => void;
   /** What the call did within its batch; undefined when it threw `error` and left no trace. */
@@ -53,6 +62,7 @@ export function pendingCommit(
       change,
       claim: options.idempotency,
       known: options.current,
+      fence: options.fence,
       resolve,
       reject,
       result: undefined,
@@ -88,4 +98,22 @@ export function replayOf(
     );
   }
   return { replayed: true, response: stored.response };
+}
+
+/** The lease a run's row holds: its owner and the fence of the last claim. */
+export interface StoredLease {
+  owner: string | null;
+  fence: number;
+}
+
+/**
+ * Refuses a write made under `fence` when the run is no longer held by it: another node claimed
+ * the run after this writer's lease ran out (the writer was paused, or cut from the database).
+ */
+export function checkFence(runId: string, fence: RunFence | undefined, stored: StoredLease): void {
+  if (!fence || (stored.owner === fence.owner && stored.fence === fence.fence)) return;
+  throw new AppError(
+    'LEASE_LOST',
+    `run ${runId} is no longer held by node ${fence.owner}: its lease ran out and another node claimed it`,
+  );
 }

@@ -84,4 +84,12 @@ export const SQLITE_MIGRATIONS: readonly string[] = [
   ) WITHOUT ROWID;
   CREATE INDEX idempotency_keys_by_age ON idempotency_keys(created_at);
   `,
+  // 3: which node executes a run: its id, until when its lease holds (ms since the epoch), and the
+  // fencing number incremented at each claim. Queued runs are found by status.
+  `
+  ALTER TABLE runs ADD COLUMN owner TEXT;
+  ALTER TABLE runs ADD COLUMN lease_until INTEGER;
+  ALTER TABLE runs ADD COLUMN fence INTEGER NOT NULL DEFAULT 0;
+  CREATE INDEX runs_by_status ON runs(status, run_id);
+  `,
 ];

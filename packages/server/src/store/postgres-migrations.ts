@@ -87,4 +87,18 @@ export const POSTGRES_MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX idempotency_keys_by_age ON idempotency_keys(created_at);
   `,
+  // 2: which node executes a run (its id, until when its lease holds in ms since the epoch by the
+  // database's clock, the fencing number incremented at each claim), and the keys every node
+  // must share.
+  `
+  ALTER TABLE runs ADD COLUMN owner text;
+  ALTER TABLE runs ADD COLUMN lease_until bigint;
+  ALTER TABLE runs ADD COLUMN fence bigint NOT NULL DEFAULT 0;
+  CREATE TABLE cluster_keys (
+    name text PRIMARY KEY,
+    value text,
+    secret_hash text,
+    created_at timestamptz NOT NULL DEFAULT now()
+  );
+  `,
 ];

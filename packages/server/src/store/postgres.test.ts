@@ -1,6 +1,6 @@
 import pg from 'pg';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { type PostgresServer, startPostgres } from '../../../../test/support/postgres.js';
+import { afterEach, describe, expect, it } from 'vitest';
+import { postgresForFile } from '../../../../test/support/postgres.js';
 import { AppError } from '../errors.js';
 import {
   appendOne,
@@ -14,18 +14,8 @@ import { PostgresStore, type PostgresStoreOptions } from './postgres.js';
 import { POSTGRES_MIGRATIONS } from './postgres-migrations.js';
 import type { CommitResult } from './store.js';
 
-let server: PostgresServer;
-let databases = 0;
-
-beforeAll(async () => {
-  server = await startPostgres();
-});
-afterAll(async () => {
-  await server?.stop();
-});
-
 /** A new, empty database on the file's server. */
-const newDatabase = () => server.createDatabase(`runcast_${++databases}`);
+const newDatabase = postgresForFile('runcast');
 
 describeStoreContract('PostgreSQL', async ({ eventRetention, now }) => {
   const url = await newDatabase();

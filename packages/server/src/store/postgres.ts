@@ -3,18 +3,21 @@ import pg from 'pg';
 import { AppError } from '../errors.js';
 import {
   type CommitSettings,
+  checkFence,
   DEFAULT_IDEMPOTENCY_TTL_MS,
   DEFAULT_MAX_COMMIT_BATCH,
   IDEMPOTENCY_PRUNE_INTERVAL_MS,
   type PendingCommit,
   pendingCommit,
   replayOf,
+  type StoredLease,
   settleBatch,
 } from './group-commit.js';
 import { POSTGRES_MIGRATIONS } from './postgres-migrations.js';
 import {
   checkLogSeqs,
   checkStateChange,
+  claimableRuns,
   RUN_COLUMNS,
   type RunRow,
   rowToEvent,
@@ -26,6 +29,8 @@ import {
 import { StorageHealth } from './storage-health.js';
 import type {
   ApiTokenRecord,
+  ClaimedRun,
+  ClaimRequest,
   CommitOptions,
   CommitResult,
   MemberRecord,
@@ -95,6 +100,8 @@ interface BatchRun {
   storedSeq: number;
   /** The oldest stored events' seqs, as many as were read (pruning needs them). */
   oldest: number[];
+  /** Who held the run when the batch locked it: fenced calls are checked against it. */
+  lease: StoredLease;
   /** Events the batch's calls added, ascending. */
   added: NewEvent[];
   /** How many of (stored events, then `added`) the batch's calls pruned. */
@@ -124,7 +131,28 @@ function hash(text: string): number {
 const RUN_COLUMN_LIST = RUN_COLUMNS.split(', ');
 const INSERT_RUN = `INSERT INTO runs (${RUN_COLUMNS}) VALUES (${RUN_COLUMN_LIST.map((_, i) => `$${i + 1}`).join(', ')})`;
 /** Locks a batch's runs in run_id order, so that two nodes' batches can never deadlock. */
-const LOCK_RUNS = `SELECT ${RUN_COLUMNS} FROM runs WHERE run_id = ANY($1::text[]) ORDER BY run_id FOR UPDATE`;
+const LOCK_RUNS = `SELECT ${RUN_COLUMNS}, owner AS lease_owner, fence AS lease_fence FROM runs
+  WHERE run_id = ANY($1::text[]) ORDER BY run_id FOR UPDATE`;
+/** Milliseconds since the epoch by the database's clock: leases do not depend on the nodes' clocks agreeing. */
+const NOW_MS = '(extract(epoch FROM clock_timestamp()) * 1000)::bigint';
+/**
+ * Claims runs: rows another node is claiming, or committing to, are skipped rather than waited
+ * for; each claim increments the run's fence.
+ */
+const CLAIM_RUNS = `
+  UPDATE runs r SET owner = $1, lease_until = ${NOW_MS} + $4, fence = r.fence + 1
+  FROM (
+    SELECT run_id FROM runs
+    WHERE kind = ANY($2::text[]) AND ${claimableRuns(NOW_MS, '$1', '$5::boolean')}
+    ORDER BY run_id LIMIT $3 FOR UPDATE SKIP LOCKED
+  ) c
+  WHERE r.run_id = c.run_id
+  RETURNING ${RUN_COLUMN_LIST.map((c) => `r.${c}`).join(', ')}, r.fence AS lease_fence`;
+const RENEW_LEASES = `
+  UPDATE runs r SET lease_until = ${NOW_MS} + $2
+  FROM unnest($3::text[], $4::bigint[]) AS l(run_id, fence)
+  WHERE r.run_id = l.run_id AND r.owner = $1 AND r.fence = l.fence
+  RETURNING r.run_id`;
 const STATE_TYPES: Record<(typeof STATE_COLUMNS)[number], string> = {
   status: 'text',
   stage: 'text',
@@ -185,6 +213,12 @@ const REPLAY = `
     ) page
   ) p ON true
   WHERE r.run_id = $1`;
+
+/** A run row locked by a batch, with its lease. */
+interface LockedRow extends RunRow {
+  lease_owner: string | null;
+  lease_fence: number;
+}
 
 interface ReplayRow extends RunRow {
   seqs: number[] | null;
@@ -615,11 +649,11 @@ export class PostgresStore implements Store {
    */
   private async applyBatch(client: pg.PoolClient, batch: readonly BatchCall[]): Promise<void> {
     const runIds = [...new Set(batch.map((pending) => pending.runId))].sort();
-    const locked = (await client.query<RunRow>(LOCK_RUNS, [runIds])).rows;
+    const locked = (await client.query<LockedRow>(LOCK_RUNS, [runIds])).rows;
     // After the lock: keys and events that other nodes committed to these runs are visible now.
     const seen = await this.storedKeys(client, batch, new Set(locked.map((row) => row.run_id)));
     const runs = new Map<string, BatchRun>();
-    for (const row of locked) {
+    for (const { lease_owner, lease_fence, ...row } of locked) {
       const known = batch.find((pending) => pending.runId === row.run_id && pending.known)?.known;
       const current =
         known &&
@@ -632,6 +666,7 @@ export class PostgresStore implements Store {
         current,
         storedCount: row.log_count,
         storedSeq: row.seq,
+        lease: { owner: lease_owner, fence: lease_fence },
         oldest: [],
         added: [],
         pruned: 0,
@@ -723,6 +758,7 @@ export class PostgresStore implements Store {
   ): Promise<CommitResult> {
     const { runId, change, claim } = pending;
     if (!run) throw new AppError('RUN_NOT_FOUND', `run ${runId} not found`);
+    checkFence(runId, pending.fence, run.lease);
     const current = run.current;
     if (claim) {
       const replayed = replayOf(claim, seen.get(keyOf(runId, claim.key)));
@@ -812,6 +848,39 @@ export class PostgresStore implements Store {
        DELETE FROM idempotency_keys WHERE created_at < $1 AND (SELECT mine FROM turn)`,
       [new Date(now.getTime() - this.idempotencyTtlMs).toISOString(), IDEMPOTENCY_PRUNE_LOCK],
     );
+  }
+
+  async claimRuns({ owner, kinds, limit, leaseMs, reclaimOwn }: ClaimRequest): Promise<ClaimedRun[]> {
+    if (limit <= 0 || kinds.length === 0) return [];
+    const rows = await this.write(() =>
+      this.rows<RunRow & { lease_fence: number }>(CLAIM_RUNS, [
+        owner,
+        kinds,
+        limit,
+        leaseMs,
+        reclaimOwn ?? false,
+      ]),
+    );
+    return rows
+      .map(({ lease_fence, ...row }) => ({ run: rowToRun(row), fence: lease_fence }))
+      .sort((a, b) => (a.run.run_id < b.run.run_id ? -1 : 1));
+  }
+
+  async renewLeases(
+    owner: string,
+    leases: readonly { run_id: string; fence: number }[],
+    leaseMs: number,
+  ): Promise<string[]> {
+    if (leases.length === 0) return [];
+    const rows = await this.write(() =>
+      this.rows<{ run_id: string }>(RENEW_LEASES, [
+        owner,
+        leaseMs,
+        leases.map((lease) => lease.run_id),
+        leases.map((lease) => lease.fence),
+      ]),
+    );
+    return rows.map((row) => row.run_id);
   }
 
   async replay(

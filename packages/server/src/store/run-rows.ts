@@ -157,3 +157,16 @@ export function checkLogSeqs(current: RunRecord, { run, logs }: RunChange): void
     previous = event.seq;
   }
 }
+
+/**
+ * The runs a claim may take (SQL condition over `runs`, given the placeholders of its parameters):
+ * QUEUED and RUNNING runs whose lease ran out or never existed (a RUNNING one left by a Runcast
+ * before leases), and, with `reclaim` true, those `owner` held in a previous life. Which kinds is
+ * the caller's condition.
+ */
+export function claimableRuns(now: string, owner: string, reclaim: string): string {
+  return `(
+    status IN ('QUEUED', 'RUNNING')
+    AND (lease_until IS NULL OR lease_until < ${now} OR (${reclaim} AND owner = ${owner}))
+  )`;
+}

@@ -5,18 +5,21 @@ import { AppError } from '../errors.js';
 import { makePrivateDir, restrictFile, touchPrivateFile } from '../private-files.js';
 import {
   type CommitSettings,
+  checkFence,
   DEFAULT_IDEMPOTENCY_TTL_MS,
   DEFAULT_MAX_COMMIT_BATCH,
   IDEMPOTENCY_PRUNE_INTERVAL_MS,
   type PendingCommit,
   pendingCommit,
   replayOf,
+  type StoredLease,
   settleBatch,
 } from './group-commit.js';
 import { SQLITE_MIGRATIONS } from './migrations.js';
 import {
   checkLogSeqs,
   checkStateChange,
+  claimableRuns,
   type EventRow,
   RUN_COLUMNS,
   type RunRow,
@@ -29,6 +32,8 @@ import {
 import { StorageHealth } from './storage-health.js';
 import type {
   ApiTokenRecord,
+  ClaimedRun,
+  ClaimRequest,
   CommitOptions,
   CommitResult,
   MemberRecord,
@@ -173,6 +178,19 @@ export class SqliteStore implements Store {
       ),
       pruneIdempotencyKeys: db.prepare('DELETE FROM idempotency_keys WHERE created_at < ?'),
       ping: db.prepare('SELECT 1').pluck(),
+      lease: db.prepare('SELECT owner, fence FROM runs WHERE run_id = ?'),
+      claimable: db
+        .prepare(
+          `SELECT run_id FROM runs WHERE kind IN (SELECT value FROM json_each(@kinds))
+           AND ${claimableRuns('@now', '@owner', '@reclaim')} ORDER BY run_id LIMIT @limit`,
+        )
+        .pluck(),
+      claim: db
+        .prepare(
+          'UPDATE runs SET owner = ?, lease_until = ?, fence = fence + 1 WHERE run_id = ? RETURNING fence',
+        )
+        .pluck(),
+      renew: db.prepare('UPDATE runs SET lease_until = ? WHERE run_id = ? AND owner = ? AND fence = ?'),
     };
     this.commitOne = db.transaction((pending: PendingCommit) => this.applyCommit(pending));
     this.commitBatch = db.transaction((batch: readonly PendingCommit[]) => {
@@ -400,8 +418,9 @@ export class SqliteStore implements Store {
   }
 
   /** One call's commit, inside the batch's transaction. */
-  private applyCommit({ runId, change, claim, known }: PendingCommit): CommitResult {
+  private applyCommit({ runId, change, claim, known, fence }: PendingCommit): CommitResult {
     const current = this.currentRun(runId, known);
+    if (fence) checkFence(runId, fence, this.sql.lease.get(runId) as StoredLease);
     if (claim) {
       const replayed = replayOf(
         claim,
@@ -461,6 +480,41 @@ export class SqliteStore implements Store {
       this.lastIdempotencyPruneMs = now.getTime();
       this.sql.pruneIdempotencyKeys.run(new Date(now.getTime() - this.idempotencyTtlMs).toISOString());
     }
+  }
+
+  async claimRuns({ owner, kinds, limit, leaseMs, reclaimOwn }: ClaimRequest): Promise<ClaimedRun[]> {
+    if (limit <= 0 || kinds.length === 0) return [];
+    const now = this.now().getTime();
+    return this.storage.write(
+      this.db.transaction(() => {
+        const runIds = this.sql.claimable.all({
+          kinds: JSON.stringify(kinds),
+          now,
+          owner,
+          reclaim: reclaimOwn ? 1 : 0,
+          limit,
+        }) as string[];
+        return runIds.map((runId) => {
+          const fence = this.sql.claim.get(owner, now + leaseMs, runId) as number;
+          return { run: rowToRun(this.sql.run.get(runId) as RunRow), fence };
+        });
+      }),
+    );
+  }
+
+  async renewLeases(
+    owner: string,
+    leases: readonly { run_id: string; fence: number }[],
+    leaseMs: number,
+  ): Promise<string[]> {
+    const until = this.now().getTime() + leaseMs;
+    return this.storage.write(
+      this.db.transaction(() =>
+        leases
+          .filter(({ run_id, fence }) => this.sql.renew.run(until, run_id, owner, fence).changes > 0)
+          .map(({ run_id }) => run_id),
+      ),
+    );
   }
 
   async replay(

@@ -1,4 +1,4 @@
-import type { LogEvent, MemberRole, Role, RunSnapshot, RunStatus } from '@runcast/protocol';
+import type { LogEvent, MemberRole, Role, RunKind, RunSnapshot, RunStatus } from '@runcast/protocol';
 
 /** A user as stored: the password only as its scrypt hash. */
 export interface UserRecord {
@@ -80,6 +80,59 @@ export interface CommitOptions {
    * run is still at its seq.
    */
   current?: RunRecord | undefined;
+  /**
+   * The writer's lease on the run: the commit is refused with LEASE_LOST, in its transaction,
+   * unless the run is still held by this owner under this fence.
+   */
+  fence?: RunFence | undefined;
+}
+
+/** A node's hold on a run it executes: the owner and the fencing number of its claim. */
+export interface RunFence {
+  owner: string;
+  fence: number;
+}
+
+/** What a node asks of `claimRuns`. */
+export interface ClaimRequest {
+  /** The claiming node's id. */
+  owner: string;
+  /** The kinds this node executes. */
+  kinds: readonly RunKind[];
+  /** Most runs to claim. */
+  limit: number;
+  /** How long the claim holds unless renewed. */
+  leaseMs: number;
+  /**
+   * Also takes back the RUNNING runs this owner held whatever their lease: at start-up they are a
+   * previous process's (the embedded store has one node, whose id never changes).
+   */
+  reclaimOwn?: boolean;
+}
+
+/** A run claimed by a node, with the fence its writes must carry. */
+export interface ClaimedRun {
+  run: RunRecord;
+  fence: number;
+}
+
+/**
+ * Which node executes which run. A claim takes a run no live lease holds and increments its fence;
+ * the owner renews its lease well before it runs out; a node that dies loses its runs to whichever
+ * node claims them after the lease. Never on the wire.
+ */
+export interface RunLeases {
+  /**
+   * Claims, oldest first, QUEUED runs of `kinds` that no live lease holds, and RUNNING ones whose
+   * lease ran out (their owner died: the claimer ends them). Concurrent claimers never get one run.
+   */
+  claimRuns(request: ClaimRequest): Promise<ClaimedRun[]>;
+  /** Extends the leases still held under these fences; answers the run ids renewed. */
+  renewLeases(
+    owner: string,
+    leases: readonly { run_id: string; fence: number }[],
+    leaseMs: number,
+  ): Promise<string[]>;
 }
 
 /**
@@ -111,7 +164,7 @@ export interface RunReplay {
  * Persistence of everything Runcast knows. Every method is async so that a networked database
  * can implement it; RunService is the only caller that changes runs, through `commitRun`.
  */
-export interface Store {
+export interface Store extends RunLeases {
   close(): Promise<void>;
   /** Resolves when the database answers. */
   ping(): Promise<void>;

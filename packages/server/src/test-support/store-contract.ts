@@ -1,7 +1,14 @@
 import type { LogEvent } from '@runcast/protocol';
 import { afterEach, describe, expect, it } from 'vitest';
 import { AppError } from '../errors.js';
-import type { CommitResult, IdempotencyClaim, RunChange, RunRecord, Store } from '../store/store.js';
+import type {
+  CommitResult,
+  IdempotencyClaim,
+  RunChange,
+  RunFence,
+  RunRecord,
+  Store,
+} from '../store/store.js';
 import { FIXTURE_AT, newRunRecord } from './records.js';
 
 // What every Store implementation must do, run against each of them: SQLite (sqlite.test.ts) and
@@ -375,6 +382,125 @@ export function describeStoreContract(name: string, make: MakeStore): void {
         open.push(reopened);
         expect((await reopened.getRun('run_a'))?.seq).toBe(3);
         expect((await reopened.replay('run_a', 0, 10))?.events).toHaveLength(3);
+      });
+    });
+
+    describe('run leases', () => {
+      const GIT = ['git-mirror'] as const;
+      const LONG_MS = 60_000;
+      /** A store with QUEUED git-mirror runs run_q1, run_q2 and a QUEUED external run run_x. */
+      const queued = async () => {
+        const { store } = await storeWith({ eventRetention: 100 });
+        for (const runId of ['run_q1', 'run_q2', 'run_x']) {
+          await store.createRun({
+            ...contractRun(runId),
+            kind: runId === 'run_x' ? 'external' : 'git-mirror',
+            status: 'QUEUED',
+          });
+        }
+        return store;
+      };
+      const claimIds = async (store: Store, owner: string, leaseMs = LONG_MS, reclaimOwn = false) =>
+        (await store.claimRuns({ owner, kinds: GIT, limit: 10, leaseMs, reclaimOwn })).map(
+          ({ run, fence }) => `${run.run_id}@${fence}`,
+        );
+      /** Moves a run to RUNNING under a lease. */
+      const start = (store: Store, runId: string, fence: RunFence) =>
+        store.commitRun(
+          runId,
+          (current) => ({ run: { ...current, status: 'RUNNING', seq: current.seq + 1 }, logs: [] }),
+          { fence },
+        );
+      const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+      it('gives each queued run of the kinds asked to one claimer, oldest first, with fence 1', async () => {
+        const store = await queued();
+        const [a, b] = await Promise.all([
+          store.claimRuns({ owner: 'n1', kinds: GIT, limit: 1, leaseMs: LONG_MS }),
+          store.claimRuns({ owner: 'n2', kinds: GIT, limit: 1, leaseMs: LONG_MS }),
+        ]);
+        const claimed = [...(a ?? []), ...(b ?? [])].map(({ run, fence }) => `${run.run_id}@${fence}`);
+        expect(claimed.sort()).toEqual(['run_q1@1', 'run_q2@1']);
+        expect(await claimIds(store, 'n3')).toEqual([]);
+        expect(await store.claimRuns({ owner: 'n3', kinds: GIT, limit: 0, leaseMs: LONG_MS })).toEqual([]);
+        const one = await queued();
+        expect(await claimIds(one, 'n1')).toEqual(['run_q1@1', 'run_q2@1']);
+        // What a run was created with comes back unchanged, without the lease.
+        expect(await one.getRun('run_q1')).toEqual({
+          ...contractRun('run_q1'),
+          kind: 'git-mirror',
+          status: 'QUEUED',
+        });
+      });
+
+      it('renews only the leases still held under their fence', async () => {
+        const store = await queued();
+        await claimIds(store, 'n1');
+        expect(
+          await store.renewLeases(
+            'n1',
+            [
+              { run_id: 'run_q1', fence: 1 },
+              { run_id: 'run_q2', fence: 7 },
+            ],
+            LONG_MS,
+          ),
+        ).toEqual(['run_q1']);
+        expect(await store.renewLeases('n2', [{ run_id: 'run_q1', fence: 1 }], LONG_MS)).toEqual([]);
+        expect(await store.renewLeases('n1', [], LONG_MS)).toEqual([]);
+      });
+
+      it('lets another node take a run over once its lease ran out, and refuses the old owner', async () => {
+        const store = await queued();
+        expect(await claimIds(store, 'n1', 40)).toEqual(['run_q1@1', 'run_q2@1']);
+        committed(await start(store, 'run_q1', { owner: 'n1', fence: 1 }));
+        await pause(100);
+        // A RUNNING run whose owner died comes back RUNNING: the new owner ends it.
+        const taken = await store.claimRuns({ owner: 'n2', kinds: GIT, limit: 10, leaseMs: LONG_MS });
+        expect(taken.map(({ run, fence }) => [run.run_id, run.status, fence])).toEqual([
+          ['run_q1', 'RUNNING', 2],
+          ['run_q2', 'QUEUED', 2],
+        ]);
+        expect(await store.renewLeases('n1', [{ run_id: 'run_q1', fence: 1 }], LONG_MS)).toEqual([]);
+        const refused = await rejection(
+          store.commitRun('run_q1', appendOne('stale'), { fence: { owner: 'n1', fence: 1 } }),
+        );
+        expect(refused.code).toBe('LEASE_LOST');
+        expect(refused.statusCode).toBe(409);
+        expect((await store.getRun('run_q1'))?.seq).toBe(1);
+        expect(
+          committed(
+            await store.commitRun('run_q1', appendOne('new owner'), { fence: { owner: 'n2', fence: 2 } }),
+          ).run.seq,
+        ).toBe(2);
+        // Writes without a fence (a user's cancel, an external worker) are not the runner's.
+        expect(committed(await store.commitRun('run_q1', appendOne('unfenced'))).run.seq).toBe(3);
+        expect((await store.replay('run_q1', 0, 10))?.events.map((e) => e.log.message)).toEqual([
+          'new owner',
+          'unfenced',
+        ]);
+      });
+
+      it('refuses a stale fence in a batch without failing the calls beside it', async () => {
+        const store = await queued();
+        await claimIds(store, 'n1', 1);
+        await pause(20);
+        await claimIds(store, 'n2');
+        const [stale, fresh] = await Promise.allSettled([
+          store.commitRun('run_q1', appendOne('stale'), { fence: { owner: 'n1', fence: 1 } }),
+          store.commitRun('run_q2', appendOne('fresh'), { fence: { owner: 'n2', fence: 2 } }),
+        ]);
+        expect(stale.status === 'rejected' && (stale.reason as AppError).code).toBe('LEASE_LOST');
+        expect(fresh.status).toBe('fulfilled');
+      });
+
+      it('takes back the runs it held at start-up only when asked, whatever their lease', async () => {
+        const store = await queued();
+        await claimIds(store, 'n1');
+        committed(await start(store, 'run_q1', { owner: 'n1', fence: 1 }));
+        expect(await claimIds(store, 'n1')).toEqual([]);
+        expect(await claimIds(store, 'n2', LONG_MS, true)).toEqual([]);
+        expect(await claimIds(store, 'n1', LONG_MS, true)).toEqual(['run_q1@2', 'run_q2@2']);
       });
     });
 

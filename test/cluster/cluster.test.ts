@@ -261,4 +261,18 @@ describe('three nodes on PostgreSQL', () => {
       for (const service of services) service.close();
     }
   }, 240_000);
+
+  // Last: it leaves the balancer's address locked out of logins for a minute.
+  it('counts failed logins on every node, not per node, behind round-robin', async () => {
+    const guesser = new Api(balancerUrl);
+    const limit = 10; // RUNCAST_LOGIN_RATE_LIMIT's default
+    for (let i = 0; i < limit; i++) {
+      // Round-robin: these fall on the three nodes in turn; each node counts them all.
+      expect((await guesser.post('/auth/login', { username: 'admin', password: 'wrong' })).status).toBe(401);
+    }
+    for (const node of nodes) {
+      const refused = await new Api(node.url).post('/auth/login', { username: 'admin', password: 'wrong' });
+      expect(refused.status).toBe(429);
+    }
+  });
 });

@@ -308,6 +308,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     async (api) => {
       await api.register(authRoutes, {
         store,
+        bus,
         policy,
         secret,
         tokenTtlS: config.tokenTtlS,

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { LoginThrottle } from './login-throttle.js';
+import { MemoryBus } from '../bus/memory.js';
+import { LoginThrottle, SharedLoginThrottle } from './login-throttle.js';
 
 /** A throttle of 3 failures a minute on a clock the test moves. */
 function throttle() {
@@ -63,5 +64,26 @@ describe('LoginThrottle', () => {
     expect(attempt(limiter, 'x1', 'bob', true)).toBe('ok');
     advance(60_000);
     expect(attempt(limiter, 'x1', 'admin', true)).toBe('ok');
+  });
+});
+
+describe('SharedLoginThrottle', () => {
+  it('counts the attempts of every node that shares the bus', () => {
+    // Two nodes: their own throttles, one bus between them (as PostgreSQL NOTIFY would carry).
+    const bus = new MemoryBus();
+    const nodes = [0, 1].map(() => new SharedLoginThrottle(new LoginThrottle(3, 60_000, () => 0), bus));
+    const tryOn = (node: number, right: boolean) => {
+      const limiter = nodes[node]!;
+      const waitS = limiter.admit('a', 'admin');
+      if (waitS > 0) return waitS;
+      if (right) limiter.succeeded('a', 'admin');
+      else limiter.failed('a', 'admin');
+      return right ? 'ok' : 'fail';
+    };
+    // Round-robin: failures land on alternate nodes, and both know all of them.
+    expect([tryOn(0, false), tryOn(1, false), tryOn(0, false)]).toEqual(['fail', 'fail', 'fail']);
+    expect(tryOn(1, true)).toBe(60);
+    expect(tryOn(0, true)).toBe(60);
+    for (const node of nodes) node.close();
   });
 });

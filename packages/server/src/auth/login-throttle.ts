@@ -1,3 +1,4 @@
+import type { Bus } from '../bus/bus.js';
 import { RateLimiter } from '../http/rate-limiter.js';
 
 /**
@@ -31,13 +32,24 @@ export class LoginThrottle {
 
   /** Admits one attempt and returns 0, or returns the seconds to wait and admits nothing. */
   admit(address: string, username: string): number {
+    const waitS = this.check(address, username);
+    if (waitS === 0) this.admitted(address);
+    return waitS;
+  }
+
+  /** The seconds an attempt must wait, 0 when it may go ahead (nothing is counted). */
+  check(address: string, username: string): number {
     if (this.byAddress.count(address) >= this.max) return this.byAddress.retryAfterS(address);
     const pair = pairKey(address, username);
     if (this.byUsername.count(username) >= this.max && this.byAddressAndUsername.count(pair) > 0) {
       return this.byAddressAndUsername.retryAfterS(pair);
     }
-    this.byAddress.add(address);
     return 0;
+  }
+
+  /** An attempt went ahead: it counts against its address until its answer. */
+  admitted(address: string): void {
+    this.byAddress.add(address);
   }
 
   /** The admitted attempt had the right password: it no longer counts against the address. */
@@ -49,6 +61,45 @@ export class LoginThrottle {
   failed(address: string, username: string): void {
     this.byUsername.add(username);
     this.byAddressAndUsername.add(pairKey(address, username));
+  }
+}
+
+/**
+ * The login limit of a cluster: each node counts every node's attempts, which travel over the
+ * Bus (a node's own ones reach it synchronously), so a guesser gets `max` attempts a window in
+ * all, not `max` per node behind a round-robin balancer.
+ */
+export class SharedLoginThrottle {
+  private readonly stop: () => void;
+
+  constructor(
+    private readonly throttle: LoginThrottle,
+    private readonly bus: Bus,
+  ) {
+    this.stop = bus.subscribe('login-attempt', ({ step, address, username }) => {
+      if (step === 'admitted') throttle.admitted(address);
+      else if (step === 'succeeded') throttle.succeeded(address);
+      else throttle.failed(address, username);
+    });
+  }
+
+  /** As `LoginThrottle.admit`; an admitted attempt is counted on every node. */
+  admit(address: string, username: string): number {
+    const waitS = this.throttle.check(address, username);
+    if (waitS === 0) this.bus.publish({ type: 'login-attempt', step: 'admitted', address, username });
+    return waitS;
+  }
+
+  succeeded(address: string, username: string): void {
+    this.bus.publish({ type: 'login-attempt', step: 'succeeded', address, username });
+  }
+
+  failed(address: string, username: string): void {
+    this.bus.publish({ type: 'login-attempt', step: 'failed', address, username });
+  }
+
+  close(): void {
+    this.stop();
   }
 }
 

@@ -10,11 +10,12 @@ import {
   type User,
 } from '@runcast/protocol';
 import { Type } from 'typebox';
+import type { Bus } from '../bus/bus.js';
 import { AppError } from '../errors.js';
 import type { ProxyTrust } from '../http/proxy-trust.js';
 import { newId } from '../ids.js';
 import type { ApiTokenRecord, Store, UserRecord } from '../store/store.js';
-import { LoginThrottle } from './login-throttle.js';
+import { LoginThrottle, SharedLoginThrottle } from './login-throttle.js';
 import { hashPassword, verifyPassword } from './passwords.js';
 import { originAllowed, requirePrincipal } from './plugin.js';
 import type { Policy } from './policy.js';
@@ -23,6 +24,8 @@ import { generateApiToken, signAccessToken } from './tokens.js';
 
 export interface AuthRoutesOptions {
   store: Store;
+  /** Carries login attempts to every node's login limit. */
+  bus: Bus;
   policy: Policy;
   secret: string;
   tokenTtlS: number;
@@ -59,7 +62,12 @@ const DUMMY_HASH = hashPassword('runcast-timing-equaliser');
 export const authRoutes: FastifyPluginAsyncTypebox<AuthRoutesOptions> = async (app, options) => {
   const { store, policy } = options;
   const { proxyTrust, cookiePath } = options;
-  const loginThrottle = new LoginThrottle(options.loginRateLimitPerMin, 60_000);
+  // Counted on every node: attempts travel over the bus.
+  const loginThrottle = new SharedLoginThrottle(
+    new LoginThrottle(options.loginRateLimitPerMin, 60_000),
+    options.bus,
+  );
+  app.addHook('onClose', async () => loginThrottle.close());
 
   app.post(
     '/auth/login',
@@ -85,7 +93,7 @@ export const authRoutes: FastifyPluginAsyncTypebox<AuthRoutesOptions> = async (a
         loginThrottle.failed(request.ip, username);
         throw new AppError('UNAUTHORIZED', 'wrong username or password');
       }
-      loginThrottle.succeeded(request.ip);
+      loginThrottle.succeeded(request.ip, username);
       const nowMs = Date.now();
       const expiresAt = new Date(nowMs + options.tokenTtlS * 1000);
       const sessionId = newId('ses');

@@ -19,6 +19,9 @@ export type DirectoryChange =
   /** A user's membership of a project was added, changed or removed. */
   | { kind: 'membership-changed'; project_id: string; user_id: string };
 
+/** What happened to a login attempt, for the login limit. */
+export type LoginStep = 'admitted' | 'succeeded' | 'failed';
+
 /**
  * Everything that travels between the parts of a node, and between nodes: named by kind, so
  * that each listener takes only what it handles.
@@ -36,6 +39,11 @@ export type BusMessage =
   | { type: 'cancel'; run_id: string }
   /** A run waits to be executed: runners look for runs to claim now rather than at their next poll. */
   | { type: 'run-queued'; run_id: string }
+  /**
+   * A step of a login attempt, counted by every node's login limit: admitted (it counts until
+   * its answer), succeeded (taken back) or failed.
+   */
+  | { type: 'login-attempt'; step: LoginStep; address: string; username: string }
   /**
    * Messages may have been lost (the bus reconnected): whoever keeps state derived from them
    * catches up from the store.

@@ -310,6 +310,8 @@ async function main(): Promise<number> {
   };
   const markdown = renderMarkdown(results, info, [...notes, ...(quick ? [] : METHOD_NOTES)]);
   if (!quick && !only && !profile) writeFileSync(join(RESULTS_DIR, 'latest.md'), markdown);
+  // Some scenarios alone: their own file, so that latest.md keeps the last full run whole.
+  if (!quick && only && !profile) writeFileSync(join(RESULTS_DIR, `${only.join('-')}.md`), markdown);
   log(`\n${markdown}`);
   for (const summary of profiling.summaries) {
     log(

@@ -16,6 +16,7 @@ import { REPO_ROOT, RESULTS_DIR, removeScratchDir, scratchDir } from './paths.js
 import { enableProfiling, profiling } from './profiles.js';
 import { type RunInfo, renderMarkdown } from './report.js';
 import type { ScenarioResult } from './results.js';
+import { clusterParams, runCluster } from './scenarios/cluster.js';
 import { type FanoutMeasurement, type FanoutParams, runFanout } from './scenarios/fanout.js';
 import { runIdle } from './scenarios/idle.js';
 import { runIngest } from './scenarios/ingest.js';
@@ -157,6 +158,7 @@ function plan(maxConnections: number, results: ScenarioResult[]): Planned[] {
     },
   });
   const label = subscribers.toLocaleString('en-US');
+  const cluster: Planned = { id: 'cluster', run: () => runCluster(clusterParams(quick), log) };
   const scenarios: Planned[] = [
     {
       id: 'ws-fanout',
@@ -185,7 +187,7 @@ function plan(maxConnections: number, results: ScenarioResult[]): Planned[] {
         ),
     },
   ];
-  if (quick) return scenarios;
+  if (quick) return [...scenarios, cluster];
   const manyRuns = Math.min(1000, Math.floor(maxConnections / 5));
   const pollers = Math.min(5000, maxConnections);
   const idleSteps = [1000, 5000, 10_000].filter((n) => n <= maxConnections);
@@ -261,6 +263,7 @@ function plan(maxConnections: number, results: ScenarioResult[]): Planned[] {
         ),
     },
   );
+  scenarios.push(cluster);
   return scenarios;
 }
 

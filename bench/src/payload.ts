@@ -93,3 +93,9 @@ export function sentAtOf(event: unknown): number | undefined {
   const t = e?.snapshot?.progress?.done ?? e?.log?.data?.t;
   return typeof t === 'number' ? t : undefined;
 }
+
+/** When the server committed an event: its `at` (ms since the epoch, ms precision). */
+export function committedAtOf(event: unknown): number | undefined {
+  const at = (event as { at?: unknown } | null)?.at;
+  return typeof at === 'string' ? Date.parse(at) : undefined;
+}

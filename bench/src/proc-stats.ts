@@ -11,13 +11,24 @@ const CLK_TCK = (() => {
   }
 })();
 
-/** CPU seconds (user + system, all threads) the process has used so far. */
-export function cpuSeconds(pid: number): number {
+/** The fields of /proc/<pid>/stat after the command name and state. */
+function statFields(pid: number): string[] {
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
   // The command name (field 2) may hold spaces and parentheses: count fields after the last ')'.
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+}
+
+/** CPU seconds (user + system, all threads) the process has used so far. */
+export function cpuSeconds(pid: number): number {
+  const fields = statFields(pid);
   // Fields 14 (utime) and 15 (stime) of the whole line are 11 and 12 after the name and state.
   return (Number(fields[11]) + Number(fields[12])) / CLK_TCK;
+}
+
+/** CPU seconds of the children the process has reaped (cutime + cstime, fields 16 and 17). */
+export function reapedChildrenCpuSeconds(pid: number): number {
+  const fields = statFields(pid);
+  return (Number(fields[13]) + Number(fields[14])) / CLK_TCK;
 }
 
 function statusField(pid: number, name: string): string | undefined {

@@ -25,7 +25,10 @@ function ratio(runcast: number | undefined, baseline: number | undefined): strin
 
 /** A target's text with system ids replaced by their labels. */
 function targetText(text: string): string {
-  return text.replace(/bare-\w+/, (name) => SYSTEM_LABEL[name as keyof typeof SYSTEM_LABEL] ?? name);
+  return text.replace(
+    /(?:bare|runcast)-\w+/,
+    (name) => SYSTEM_LABEL[name as keyof typeof SYSTEM_LABEL] ?? name,
+  );
 }
 
 function verdict(row: Row, quick: boolean): string {
@@ -75,7 +78,7 @@ export function targetsTable(results: ScenarioResult[]): string[] {
       if (!row.target) continue;
       const holds = row.target.holds === undefined ? 'not measured' : row.target.holds ? 'yes' : '**no**';
       let value = formatNumber(row.runcast, row.digits);
-      const versus = /× (bare-\w+)/.exec(row.target.text)?.[1];
+      const versus = /× ((?:bare|runcast)-\w+)/.exec(row.target.text)?.[1];
       const baseline = versus ? row.baselines.find((b) => b.system === versus) : undefined;
       if (baseline) value += ` (${ratio(row.runcast, baseline.value)} ${SYSTEM_LABEL[baseline.system]})`;
       lines.push(
@@ -117,6 +120,7 @@ export function renderMarkdown(results: ScenarioResult[], info: RunInfo, notes: 
       out.push('', '**Problems:**', '');
       for (const problem of result.problems) out.push(`- ${problem.split('\n')[0]}`);
     }
+    if (result.notes?.length) out.push('', ...result.notes.map((note) => `- ${note}`));
     const raw = info.mode === 'quick' ? '' : `, raw figures in \`${info.date}-${result.id}.json\``;
     out.push('', `(${Math.round(result.durationS)} s${raw})`);
   }

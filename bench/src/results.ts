@@ -1,5 +1,12 @@
 /** The systems the bench measures. */
-export type SystemName = 'runcast' | 'bare-socketio' | 'bare-ws' | 'bare-sse' | 'bare-fastify';
+export type SystemName =
+  | 'runcast'
+  | 'bare-socketio'
+  | 'bare-ws'
+  | 'bare-sse'
+  | 'bare-fastify'
+  /** Runcast itself as one node on SQLite: what the cluster scenario compares three nodes with. */
+  | 'runcast-sqlite';
 
 export const SYSTEM_LABEL: Record<SystemName, string> = {
   runcast: 'Runcast',
@@ -7,6 +14,7 @@ export const SYSTEM_LABEL: Record<SystemName, string> = {
   'bare-ws': 'bare ws',
   'bare-sse': 'bare SSE',
   'bare-fastify': 'bare Fastify',
+  'runcast-sqlite': 'one node on SQLite',
 };
 
 /** One figure of a scenario: Runcast's value and each baseline's, with the target it answers to. */
@@ -43,4 +51,6 @@ export interface ScenarioResult {
   /** Correctness failures: lost logs, subscribers not on the terminal update, crashes, errors. */
   problems: string[];
   durationS: number;
+  /** How this scenario's figures were taken, printed under its table. */
+  notes?: string[];
 }

@@ -20,6 +20,7 @@ import { REPO_ROOT, RESULTS_DIR, removeScratchDir, scratchDir } from './paths.js
 import { enableProfiling, profiling } from './profiles.js';
 import { type RunInfo, renderMarkdown } from './report.js';
 import type { ScenarioResult } from './results.js';
+import { clusterParams, runCluster } from './scenarios/cluster.js';
 import { type FanoutMeasurement, type FanoutParams, runFanout } from './scenarios/fanout.js';
 import { runIdle } from './scenarios/idle.js';
 import { runIngest } from './scenarios/ingest.js';
@@ -186,6 +187,7 @@ function plan(maxConnections: number, results: ScenarioResult[]): Planned[] {
     },
   });
   const label = subscribers.toLocaleString('en-US');
+  const cluster: Planned = { id: 'cluster', run: () => runCluster(clusterParams(quick), log) };
   const scenarios: Planned[] = [
     {
       id: 'ws-fanout',
@@ -237,7 +239,7 @@ function plan(maxConnections: number, results: ScenarioResult[]): Planned[] {
       },
     },
   ];
-  if (quick) return scenarios;
+  if (quick) return [...scenarios, cluster];
   const manyRuns = Math.min(1000, Math.floor(maxConnections / 5));
   const pollers = Math.min(5000, maxConnections);
   const idleSteps = [1000, 5000, 10_000].filter((n) => n <= maxConnections);
@@ -313,6 +315,7 @@ function plan(maxConnections: number, results: ScenarioResult[]): Planned[] {
         ),
     },
   );
+  scenarios.push(cluster);
   return scenarios;
 }
 
@@ -372,6 +375,8 @@ async function main(): Promise<number> {
   const info = runInfo((Date.now() - started) / 1000);
   const markdown = renderMarkdown(results, info, [...notes, ...(quick ? [] : METHOD_NOTES)]);
   if (!quick && !only && !profile) writeFileSync(join(RESULTS_DIR, 'latest.md'), markdown);
+  // Some scenarios alone: their own file, so that latest.md keeps the last full run whole.
+  if (!quick && only && !profile) writeFileSync(join(RESULTS_DIR, `${only.join('-')}.md`), markdown);
   log(`\n${markdown}`);
   for (const summary of profiling.summaries) {
     log(

@@ -69,9 +69,15 @@ export class RuncastServer {
     return this.process.pid;
   }
 
-  /** Starts the server and logs in as admin. */
-  static async start(env: Record<string, string> = {}): Promise<RuncastServer> {
-    const port = await freePort();
+  /**
+   * Starts the server and logs in as admin: on `port` (or a free one), pinned to the server CPU
+   * unless `cpu` is null (free to run on any).
+   */
+  static async start(
+    env: Record<string, string> = {},
+    options: { port?: number; cpu?: number | null } = {},
+  ): Promise<RuncastServer> {
+    const port = options.port ?? (await freePort());
     const dataDir = mkdtempSync(join(scratchDir(), 'server-'));
     const child = await BenchProcess.start({
       name: 'runcast server',
@@ -79,7 +85,7 @@ export class RuncastServer {
       script: SERVER_MAIN,
       args: ['serve', '--port', String(port), '--data-dir', dataDir],
       env: serverEnv(env),
-      cpu: SERVER_CPU,
+      cpu: options.cpu === null ? undefined : (options.cpu ?? SERVER_CPU),
       waitReady: false,
     });
     const server = new RuncastServer(child, port, dataDir);

@@ -49,6 +49,18 @@ export interface VerifyResult {
   examples: string[];
 }
 
+/** Where each subscriber stands on the probe set by `probe`. */
+export interface ProbeResult {
+  clients: number;
+  /** Subscribers that reconnected since the probe was set (they lost their node). */
+  reconnected: number;
+  /** Subscribers that have not received an event committed since the probe was set. */
+  waiting: number;
+  /** Per subscriber that received one: receipt minus the probe's time, reconnected ones apart. */
+  reconnectedDelaysMs: number[];
+  otherDelaysMs: number[];
+}
+
 const stats = new LoadStats();
 const clients: { state: ClientState; subscriber: Subscriber }[] = [];
 
@@ -124,7 +136,38 @@ async function verify(args: VerifyArgs): Promise<VerifyResult> {
   return result;
 }
 
+/** Every subscriber now waits for the first event committed at or after `sinceMs`. */
+function probe(args: { sinceMs: number }): void {
+  for (const { state } of clients) state.probe = { sinceMs: args.sinceMs, reconnects: state.reconnects };
+}
+
+function probed(): ProbeResult {
+  const result: ProbeResult = {
+    clients: clients.length,
+    reconnected: 0,
+    waiting: 0,
+    reconnectedDelaysMs: [],
+    otherDelaysMs: [],
+  };
+  for (const { state } of clients) {
+    const { probe } = state;
+    if (!probe) continue;
+    const reconnected = state.reconnects > probe.reconnects;
+    if (reconnected) result.reconnected++;
+    if (probe.receivedAtMs === undefined) {
+      result.waiting++;
+      continue;
+    }
+    (reconnected ? result.reconnectedDelaysMs : result.otherDelaysMs).push(
+      probe.receivedAtMs - probe.sinceMs,
+    );
+  }
+  return result;
+}
+
 serveCommands({
+  probe: (args) => probe(args as { sinceMs: number }),
+  probed: () => probed(),
   open: (args) => open(args as OpenArgs),
   reset: () => stats.reset(),
   window: () => stats.window(),

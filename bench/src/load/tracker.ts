@@ -1,4 +1,4 @@
-import { sentAtOf } from '../payload.js';
+import { committedAtOf, sentAtOf } from '../payload.js';
 import { type Percentiles, percentiles } from '../percentiles.js';
 
 export type EventKind = 'update' | 'log' | 'snapshot' | 'other';
@@ -53,6 +53,8 @@ export class LoadStats {
   logs = 0;
   updateLatencyMs: number[] = [];
   logLatencyMs: number[] = [];
+  /** From the event's commit (`at`) to its receipt, updates and log lines alike. */
+  commitLatencyMs: number[] = [];
   private cpuAtReset = process.cpuUsage();
   private resetAtMs = Date.now();
 
@@ -62,6 +64,7 @@ export class LoadStats {
     this.logs = 0;
     this.updateLatencyMs = [];
     this.logLatencyMs = [];
+    this.commitLatencyMs = [];
     this.cpuAtReset = process.cpuUsage();
     this.resetAtMs = Date.now();
   }
@@ -77,6 +80,7 @@ export class LoadStats {
       logs: this.logs,
       updateLatency: percentiles([...this.updateLatencyMs]),
       logLatency: percentiles([...this.logLatencyMs]),
+      commitLatency: percentiles([...this.commitLatencyMs]),
       loadCpuUtilization: wallMs > 0 ? (cpu.user + cpu.system) / 1000 / wallMs : 0,
     };
   }
@@ -89,7 +93,16 @@ export interface WindowReport {
   logs: number;
   updateLatency: Percentiles;
   logLatency: Percentiles;
+  commitLatency: Percentiles;
   loadCpuUtilization: number;
+}
+
+/** A fault probe: the first event committed at or after `sinceMs` that a subscriber received. */
+export interface Probe {
+  sinceMs: number;
+  /** The subscriber's reconnects when the probe was set: a larger count later means it lost its node. */
+  reconnects: number;
+  receivedAtMs?: number;
 }
 
 /**
@@ -109,6 +122,7 @@ export class ClientState {
   /** Set once the subscriber will receive nothing more. */
   finished = false;
   lastError: string | undefined;
+  probe: Probe | undefined;
 
   constructor(
     readonly runId: string,
@@ -124,7 +138,7 @@ export class ClientState {
 
   /**
    * One live or replayed event, received at `receivedAtMs`; `parse` decodes its JSON and is called
-   * only for sampled clients.
+   * only for sampled clients and for a probe still waiting.
    */
   onEvent(scanned: ScannedEvent, receivedAtMs: number, parse: () => unknown): void {
     const { seq, kind } = scanned;
@@ -148,11 +162,17 @@ export class ClientState {
       this.stats.updates++;
       if (scanned.terminal) this.terminalSeq = seq;
     }
+    const probe = this.probe?.receivedAtMs === undefined ? this.probe : undefined;
+    if (!this.sampled && !probe) return;
+    const event = parse();
+    const committedAt = committedAtOf(event);
     if (this.sampled) {
-      const sentAt = sentAtOf(parse());
+      const sentAt = sentAtOf(event);
       if (sentAt !== undefined) {
         (kind === 'log' ? this.stats.logLatencyMs : this.stats.updateLatencyMs).push(receivedAtMs - sentAt);
       }
+      if (committedAt !== undefined) this.stats.commitLatencyMs.push(receivedAtMs - committedAt);
     }
+    if (probe && committedAt !== undefined && committedAt >= probe.sinceMs) probe.receivedAtMs = receivedAtMs;
   }
 }

@@ -18,25 +18,27 @@ export interface HttpSystem {
 /** The systems that answer Runcast's HTTP progress routes. */
 export type HttpSystemName = Extract<SystemName, 'runcast' | 'bare-fastify'>;
 
+/** A started Runcast server with `runs` new runs at seq 1; `stop` stops the server. */
+export async function runcastHttpSystem(server: RuncastServer, runs: number): Promise<HttpSystem> {
+  const runIds = await server.createRuns(runs);
+  for (const runId of runIds)
+    await server.api('PATCH', `/runs/${runId}/progress`, progressUpdate(Date.now(), 1));
+  return {
+    pid: server.pid,
+    port: server.port,
+    token: server.token,
+    runIds,
+    problems: () => [
+      ...server.errorLines.slice(0, 5).map((line) => `server logged an error: ${line}`),
+      ...(server.process.isRunning ? [] : [`the Runcast server exited\n${server.process.tail(20)}`]),
+    ],
+    stop: () => server.stop(),
+  };
+}
+
 /** Runcast with `runs` runs, or the bare Fastify routes, on the server CPU. */
 export async function startHttpSystem(system: HttpSystemName, runs: number): Promise<HttpSystem> {
-  if (system === 'runcast') {
-    const server = await RuncastServer.start();
-    const runIds = await server.createRuns(runs);
-    for (const runId of runIds)
-      await server.api('PATCH', `/runs/${runId}/progress`, progressUpdate(Date.now(), 1));
-    return {
-      pid: server.pid,
-      port: server.port,
-      token: server.token,
-      runIds,
-      problems: () => [
-        ...server.errorLines.slice(0, 5).map((line) => `server logged an error: ${line}`),
-        ...(server.process.isRunning ? [] : [`the Runcast server exited\n${server.process.tail(20)}`]),
-      ],
-      stop: () => server.stop(),
-    };
-  }
+  if (system === 'runcast') return runcastHttpSystem(await RuncastServer.start(), runs);
   const child = await BenchProcess.start({
     name: system,
     script: script('baselines/fastify.js'),

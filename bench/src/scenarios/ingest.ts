@@ -3,7 +3,7 @@ import type { LoadResult, OpenArgs } from '../load/http-load.js';
 import { script } from '../paths.js';
 import { cpuBetween, cpuMark } from '../proc-stats.js';
 import type { Row, ScenarioResult } from '../results.js';
-import { type HttpSystemName, startHttpSystem } from './http-systems.js';
+import { type HttpSystem, type HttpSystemName, startHttpSystem } from './http-systems.js';
 
 export interface IngestParams {
   id: string;
@@ -15,7 +15,7 @@ export interface IngestParams {
   durationMs: number;
 }
 
-interface IngestStep extends LoadResult {
+export interface IngestStep extends LoadResult {
   producers: number;
   acknowledgedPerS: number;
   serverCpuUtilization: number;
@@ -32,57 +32,68 @@ async function measure(
   problems: string[],
   log: (line: string) => void,
 ): Promise<IngestStep[]> {
-  const steps: IngestStep[] = [];
   const server = await startHttpSystem(system, Math.max(...params.concurrency));
   try {
-    for (const producers of params.concurrency) {
-      const load = await BenchProcess.start({
-        name: 'producers',
-        script: script('load/http-load.js'),
-        cpu: LOAD_CPU,
-      });
-      try {
-        const spec: OpenArgs['spec'] = {
-          kind: 'progress',
-          runIds: server.runIds.slice(0, producers),
-          ...(server.token ? { token: server.token } : {}),
-        };
-        await load.request('open', { host: '127.0.0.1', port: server.port, connections: producers, spec });
-        await load.request('closedLoop', { durationMs: params.warmupMs }, 120_000);
-        const start = cpuMark(server.pid);
-        const result = await load.request<LoadResult>(
-          'closedLoop',
-          { durationMs: params.durationMs },
-          120_000,
-        );
-        const cpu = cpuBetween(start, cpuMark(server.pid));
-        const acknowledged = result.statuses['200'] ?? 0;
-        const step: IngestStep = {
-          ...result,
-          producers,
-          acknowledgedPerS: acknowledged / (result.wallMs / 1000),
-          serverCpuUtilization: cpu.utilization,
-          cpuUsPerUpdate: acknowledged > 0 ? (cpu.cpuS * 1e6) / acknowledged : Number.NaN,
-        };
-        steps.push(step);
-        if (acknowledged !== result.requests || result.errors > 0) {
-          problems.push(
-            `${system}, ${producers} producers: ${result.requests - acknowledged} answers were not 200 (${JSON.stringify(result.statuses)}), ${result.errors} failed: ${result.errorExamples.join('; ')}`,
-          );
-        }
-        log(
-          `  ${system}: ${producers} producers: ${Math.round(step.acknowledgedPerS)} acknowledged updates/s, ` +
-            `p99 ${result.latency.p99.toFixed(1)} ms, ${step.cpuUsPerUpdate.toFixed(0)} µs CPU/update, ` +
-            `server core ${(cpu.utilization * 100).toFixed(0)}%, load core ${(result.loadCpuUtilization * 100).toFixed(0)}%`,
-        );
-        await load.request('close');
-      } finally {
-        await load.stop();
-      }
-    }
+    const steps = await measureIngest(server, system, params, problems, log);
     problems.push(...server.problems());
+    return steps;
   } finally {
     await server.stop();
+  }
+}
+
+/**
+ * Each producer count in turn against a started server (one run per producer among its
+ * `runIds`): closed-loop `PATCH …/progress`, the server's CPU read over the measured window.
+ */
+export async function measureIngest(
+  server: HttpSystem,
+  label: string,
+  params: Pick<IngestParams, 'concurrency' | 'warmupMs' | 'durationMs'>,
+  problems: string[],
+  log: (line: string) => void,
+): Promise<IngestStep[]> {
+  const steps: IngestStep[] = [];
+  for (const producers of params.concurrency) {
+    const load = await BenchProcess.start({
+      name: 'producers',
+      script: script('load/http-load.js'),
+      cpu: LOAD_CPU,
+    });
+    try {
+      const spec: OpenArgs['spec'] = {
+        kind: 'progress',
+        runIds: server.runIds.slice(0, producers),
+        ...(server.token ? { token: server.token } : {}),
+      };
+      await load.request('open', { host: '127.0.0.1', port: server.port, connections: producers, spec });
+      await load.request('closedLoop', { durationMs: params.warmupMs }, 120_000);
+      const start = cpuMark(server.pid);
+      const result = await load.request<LoadResult>('closedLoop', { durationMs: params.durationMs }, 120_000);
+      const cpu = cpuBetween(start, cpuMark(server.pid));
+      const acknowledged = result.statuses['200'] ?? 0;
+      const step: IngestStep = {
+        ...result,
+        producers,
+        acknowledgedPerS: acknowledged / (result.wallMs / 1000),
+        serverCpuUtilization: cpu.utilization,
+        cpuUsPerUpdate: acknowledged > 0 ? (cpu.cpuS * 1e6) / acknowledged : Number.NaN,
+      };
+      steps.push(step);
+      if (acknowledged !== result.requests || result.errors > 0) {
+        problems.push(
+          `${label}, ${producers} producers: ${result.requests - acknowledged} answers were not 200 (${JSON.stringify(result.statuses)}), ${result.errors} failed: ${result.errorExamples.join('; ')}`,
+        );
+      }
+      log(
+        `  ${label}: ${producers} producers: ${Math.round(step.acknowledgedPerS)} acknowledged updates/s, ` +
+          `p99 ${result.latency.p99.toFixed(1)} ms, ${step.cpuUsPerUpdate.toFixed(0)} µs CPU/update, ` +
+          `server core ${(cpu.utilization * 100).toFixed(0)}%, load core ${(result.loadCpuUtilization * 100).toFixed(0)}%`,
+      );
+      await load.request('close');
+    } finally {
+      await load.stop();
+    }
   }
   return steps;
 }

@@ -120,7 +120,6 @@ export function renderMarkdown(results: ScenarioResult[], info: RunInfo, notes: 
       out.push('', '**Problems:**', '');
       for (const problem of result.problems) out.push(`- ${problem.split('\n')[0]}`);
     }
-    if (result.notes?.length) out.push('', ...result.notes.map((note) => `- ${note}`));
     const raw = info.mode === 'quick' ? '' : `, raw figures in \`${info.date}-${result.id}.json\``;
     out.push('', `(${Math.round(result.durationS)} s${raw})`);
   }

@@ -46,11 +46,9 @@ export interface ScenarioResult {
   rows: Row[];
   /** Printed under the rows. */
   tables?: Table[];
-  /** How to read the tables, printed under them. */
+  /** How to read the tables and how the figures were taken, printed under them. */
   notes?: string[];
   /** Correctness failures: lost logs, subscribers not on the terminal update, crashes, errors. */
   problems: string[];
   durationS: number;
-  /** How this scenario's figures were taken, printed under its table. */
-  notes?: string[];
 }

@@ -197,6 +197,9 @@ export class PostgresBus implements Bus {
         if (this.sender === client) this.dropSender();
       });
       await client.connect();
+      // A notification is not data: the tables are the truth, and a lost one is caught up from
+      // them. Its transaction need not wait for the WAL to reach the disk.
+      await client.query('SET synchronous_commit = off');
       if (this.senderConnections++ > 0) {
         const resync: Envelope = { n: this.nodeId, m: [{ type: 'resync' }] };
         await client.query('SELECT pg_notify($1, $2)', [CHANNEL, JSON.stringify(resync)]);

@@ -1,6 +1,6 @@
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ProgressService } from '../../packages/client/src/index.js';
+import { ProgressService, type ProgressServiceOptions } from '../../packages/client/src/index.js';
 import type { ConnectionMethod } from '../../packages/client/src/types.js';
 import { Api } from '../../packages/server/src/test-support/server.js';
 import { type Cluster, startCluster, storedRow, until } from '../support/cluster.js';
@@ -52,6 +52,27 @@ async function expectComplete(seen: Collector, runId: string, logs: string[]): P
   expect(seen.lastState).toMatchObject({ status: truth.status, seq: truth.seq });
 }
 
+/**
+ * A ProgressService per option set, each following `runId`; resolves once every one has its
+ * opening snapshot. `close` ends them all.
+ */
+async function watching(runId: string, options: ProgressServiceOptions[]) {
+  const services = options.map((option) => new ProgressService(option));
+  const seen = services.map(() => new Collector());
+  for (const [i, service] of services.entries()) service.subscribeToRun(runId, seen[i]!.push);
+  const close = () => {
+    for (const service of services) service.close();
+  };
+  try {
+    for (const collector of seen)
+      await collector.until((events) => events.some((e) => e.type === 'snapshot'));
+  } catch (err) {
+    close();
+    throw err;
+  }
+  return { seen, close };
+}
+
 async function newRun(): Promise<string> {
   const created = await admin.post('/runs', { project_id: projectId, kind: 'external' });
   expect(created.status).toBe(201);
@@ -82,14 +103,11 @@ describe('three nodes on PostgreSQL', () => {
   it.each(METHODS)('delivers a producer on node A to %s subscribers on nodes B and C', async (method) => {
     const runId = await newRun();
     const producer = new Api(nodes[0]!.url, worker.token);
-    const services = [1, 2].map(
-      (i) => new ProgressService({ baseUrl: nodes[i]!.url, token: admin.token, transports: [method] }),
+    const { seen, close } = await watching(
+      runId,
+      [1, 2].map((i) => ({ baseUrl: nodes[i]!.url, token: admin.token, transports: [method] })),
     );
-    const seen = services.map(() => new Collector());
     try {
-      for (const [i, service] of services.entries()) service.subscribeToRun(runId, seen[i]!.push);
-      for (const collector of seen)
-        await collector.until((events) => events.some((e) => e.type === 'snapshot'));
       await producer.patch(`/runs/${runId}/progress`, { status: 'RUNNING' });
       const logs = Array.from({ length: 40 }, (_, i) => `line ${i}`);
       for (const [i, message] of logs.entries()) {
@@ -102,7 +120,7 @@ describe('three nodes on PostgreSQL', () => {
         await expectComplete(collector, runId, logs);
       }
     } finally {
-      for (const service of services) service.close();
+      close();
     }
   });
 
@@ -136,15 +154,11 @@ describe('three nodes on PostgreSQL', () => {
       name: 'r',
     });
     const runId = await newRun();
-    const watchers = [1, 2].map(
-      (i) =>
-        new ProgressService({ baseUrl: nodes[i]!.url, token: created.body.token, transports: ['websocket'] }),
+    const { seen, close } = await watching(
+      runId,
+      [1, 2].map((i) => ({ baseUrl: nodes[i]!.url, token: created.body.token, transports: ['websocket'] })),
     );
-    const seen = watchers.map(() => new Collector());
     try {
-      for (const [i, service] of watchers.entries()) service.subscribeToRun(runId, seen[i]!.push);
-      for (const collector of seen)
-        await collector.until((events) => events.some((e) => e.type === 'snapshot'));
       // Every node has the token's principal cached by now.
       for (const node of nodes)
         expect((await new Api(node.url, created.body.token).get('/auth/me')).status).toBe(200);
@@ -164,20 +178,17 @@ describe('three nodes on PostgreSQL', () => {
         );
       }
     } finally {
-      for (const service of watchers) service.close();
+      close();
     }
   });
 
   it('resumes delivery after every listener session is terminated and PostgreSQL restarts', async () => {
     const runId = await newRun();
-    const services = METHODS.map(
-      (method) => new ProgressService({ baseUrl: balancerUrl, token: admin.token, transports: [method] }),
+    const { seen, close } = await watching(
+      runId,
+      METHODS.map((method) => ({ baseUrl: balancerUrl, token: admin.token, transports: [method] })),
     );
-    const seen = services.map(() => new Collector());
     try {
-      for (const [i, service] of services.entries()) service.subscribeToRun(runId, seen[i]!.push);
-      for (const collector of seen)
-        await collector.until((events) => events.some((e) => e.type === 'snapshot'));
       await worker.patch(`/runs/${runId}/progress`, { status: 'RUNNING' });
       const logs: string[] = [];
       const produce = async (count: number) => {
@@ -210,21 +221,18 @@ describe('three nodes on PostgreSQL', () => {
         await expectComplete(collector, runId, logs);
       }
     } finally {
-      for (const service of services) service.close();
+      close();
     }
   }, 60_000);
 
   it('loses nothing over kill -9 cycles of the nodes serving the subscribers', async () => {
     const runId = await newRun();
-    const services = METHODS.map(
-      (method) => new ProgressService({ baseUrl: balancerUrl, token: admin.token, transports: [method] }),
+    const { seen, close } = await watching(
+      runId,
+      METHODS.map((method) => ({ baseUrl: balancerUrl, token: admin.token, transports: [method] })),
     );
-    const seen = services.map(() => new Collector());
     const cycles = Number(process.env.RUNCAST_CLUSTER_KILL_CYCLES ?? 20);
     try {
-      for (const [i, service] of services.entries()) service.subscribeToRun(runId, seen[i]!.push);
-      for (const collector of seen)
-        await collector.until((events) => events.some((e) => e.type === 'snapshot'));
       await worker.patch(`/runs/${runId}/progress`, { status: 'RUNNING' });
       const logs: string[] = [];
       // The producer writes to whichever node is up; a write refused by a dying node is retried
@@ -258,7 +266,7 @@ describe('three nodes on PostgreSQL', () => {
         `cluster: ${cycles} kill -9 cycles, ${logs.length} logs, every one delivered once on each transport`,
       );
     } finally {
-      for (const service of services) service.close();
+      close();
     }
   }, 240_000);
 

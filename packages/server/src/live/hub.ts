@@ -138,6 +138,14 @@ interface Room {
   stale: boolean;
 }
 
+/** The directory changes that may end someone's access. */
+const ENDING_CHANGES: ReadonlySet<DirectoryChange['kind']> = new Set([
+  'session-ended',
+  'user-sessions-ended',
+  'token-revoked',
+  'membership-changed',
+]);
+
 const runGone = (runId: string): AccessError => ({
   code: 'RUN_NOT_FOUND',
   message: `run ${runId} not found`,
@@ -361,6 +369,8 @@ export class Hub implements SubscriberHooks {
 
   /** Ends what an access change ended: connections, their runs, pending long-polls. */
   private accessChanged(change: DirectoryChange): void {
+    // Creations (a login, a new token or project) end nothing: no need to look at every connection.
+    if (!ENDING_CHANGES.has(change.kind)) return;
     for (const [subscriber, principal] of [...this.principals]) {
       const effect = effectOf(change, principal);
       if (effect === 'recheck' && change.kind === 'membership-changed') {

@@ -145,18 +145,30 @@ function logRequest(request: FastifyRequest, reply: FastifyReply): void {
 
 /** Builds the Fastify app with every plugin registered; call `app.listen` to serve. */
 export async function buildApp(config: Config, options: BuildOptions = {}): Promise<Runcast> {
+  // Alone, in-process; on PostgreSQL, LISTEN/NOTIFY between the nodes sharing the database.
+  const bus = await createBus({
+    databaseUrl: config.databaseUrl,
+    onError: (err) => app.log.warn({ err }, 'bus connection failed; it is replaced and its listeners resync'),
+  });
   // What requests read stays in memory. On SQLite this process is the only writer; on PostgreSQL
   // other nodes write too (multi-writer: cache invalidation is driven by the bus).
-  const store = new CachedStore(
-    await createStore(config, {
-      onStorageFull: (full, err) => {
-        if (full)
-          app.log.error({ err }, 'storage is full: writes answer 507 STORAGE_FULL until space returns');
-        else app.log.warn('storage has room again: writes are accepted');
-      },
-      onError: (err) => app.log.warn({ err }, 'an idle database connection failed; it will be replaced'),
-    }),
-  );
+  let store: CachedStore;
+  try {
+    store = new CachedStore(
+      await createStore(config, {
+        onStorageFull: (full, err) => {
+          if (full)
+            app.log.error({ err }, 'storage is full: writes answer 507 STORAGE_FULL until space returns');
+          else app.log.warn('storage has room again: writes are accepted');
+        },
+        onError: (err) => app.log.warn({ err }, 'an idle database connection failed; it will be replaced'),
+        notifier: bus.commitNotifier,
+      }),
+    );
+  } catch (err) {
+    await bus.close();
+    throw err;
+  }
   // Every node on one database signs tokens and seals git secrets with the same keys.
   let keys: ClusterKeys | undefined;
   try {
@@ -164,6 +176,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
       config.databaseUrl === undefined ? undefined : await loadClusterKeys(config.databaseUrl, config.secret);
   } catch (err) {
     await store.close();
+    await bus.close();
     throw err;
   }
   const secret = keys?.signingSecret ?? loadOrCreateSecret(config);
@@ -228,11 +241,6 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   registerJsonBodyParser(app);
   registerErrorHandling(app);
 
-  // Alone, in-process; on PostgreSQL, LISTEN/NOTIFY between the nodes sharing the database.
-  const bus = await createBus({
-    databaseUrl: config.databaseUrl,
-    onError: (err) => app.log.warn({ err }, 'bus connection failed; it is replaced and its listeners resync'),
-  });
   // Directory writes are announced on the bus, and every node's cache follows them.
   const detachCache = store.attach(bus);
   const runner = new Runner(

@@ -1,4 +1,5 @@
 import type { RunEvent } from '@runcast/protocol';
+import type { RunChange } from '../store/store.js';
 
 /**
  * A write to users, sessions, tokens, projects or memberships, announced after it committed.
@@ -61,7 +62,21 @@ export type MessageOf<T extends BusMessageType> = Extract<BusMessage, { type: T 
  */
 export interface Bus {
   publish(message: BusMessage): void;
+  /**
+   * Present when the bus travels through the database the store writes to: the store sends each
+   * commit's run events with the commit itself, and `publish` of those events only tells this
+   * node's listeners.
+   */
+  readonly commitNotifier?: CommitNotifier | undefined;
   /** Calls `listener` with every message of `type`; returns the function that unsubscribes. */
   subscribe<T extends BusMessageType>(type: T, listener: (message: MessageOf<T>) => void): () => void;
   close(): Promise<void>;
+}
+
+/** How a store sends a commit's run events as notifications inside the commit's transaction. */
+export interface CommitNotifier {
+  /** The notification channel. */
+  readonly channel: string;
+  /** The notification payloads announcing `changes`, committed in this order. */
+  payloads(changes: readonly RunChange[]): string[];
 }

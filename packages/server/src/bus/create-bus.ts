@@ -12,7 +12,12 @@ export interface BusSettings {
 /** The Bus for these settings: in-process alone, PostgreSQL LISTEN/NOTIFY between nodes. */
 export async function createBus(settings: BusSettings): Promise<Bus> {
   if (!settings.databaseUrl) return new MemoryBus(settings.onError);
-  const bus = new PostgresBus({ connectionString: settings.databaseUrl, onError: settings.onError });
+  // The store shares the database: each commit carries its own run events to the other nodes.
+  const bus = new PostgresBus({
+    connectionString: settings.databaseUrl,
+    onError: settings.onError,
+    eventsInCommits: true,
+  });
   await bus.start();
   return bus;
 }

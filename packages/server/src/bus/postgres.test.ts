@@ -1,7 +1,8 @@
-import type { RunEvent } from '@runcast/protocol';
+import type { LogEvent } from '@runcast/protocol';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { type PostgresServer, startPostgres } from '../../../../test/support/postgres.js';
+import type { RunRecord } from '../store/store.js';
 import type { BusMessage } from './bus.js';
 import { PostgresBus } from './postgres.js';
 
@@ -54,7 +55,7 @@ function heard<T extends BusMessage['type']>(bus: PostgresBus, type: T) {
 }
 
 const AT = new Date().toISOString();
-const log = (seq: number, message = 'x'): RunEvent => ({
+const log = (seq: number, message = 'x'): LogEvent => ({
   run_id: 'run_1',
   seq,
   type: 'log',
@@ -87,6 +88,47 @@ describe('PostgresBus', () => {
     a.publish({ type: 'run-events', events: [log(2)] });
     await events.until(1);
     expect(reached.messages).toEqual([{ type: 'run-reached', run_id: 'run_1', seq: 1 }]);
+  });
+
+  it('leaves run events to the commits that carry them, when the store sends them', async () => {
+    const a = new PostgresBus({ connectionString: url, eventsInCommits: true });
+    buses.push(a);
+    await a.start();
+    const b = await node();
+    const onA = heard(a, 'run-events');
+    const onB = heard(b, 'run-events');
+    const reachedOnB = heard(b, 'run-reached');
+    const cancels = heard(b, 'cancel');
+    // Published after the commit: this node's listeners only.
+    a.publish({ type: 'run-events', events: [log(1)] });
+    a.publish({ type: 'cancel', run_id: 'run_1' });
+    await cancels.until(1);
+    expect(onA.messages).toHaveLength(1);
+    expect(onB.messages).toHaveLength(0);
+    // The commit's own notifications (as the store sends them in its transaction) reach the others.
+    const notifier = a.commitNotifier;
+    if (!notifier) throw new Error('the bus offers no notifier');
+    const changes = [2, 3, 4].map((seq) => ({
+      run: { run_id: 'run_1', seq } as RunRecord,
+      logs: [log(seq, seq === 3 ? 'z'.repeat(9000) : 'x')],
+    }));
+    const payloads = notifier.payloads(changes);
+    expect(payloads.every((payload) => Buffer.byteLength(payload) < 8000)).toBe(true);
+    const db = new pg.Client({ connectionString: url });
+    await db.connect();
+    try {
+      await db.query('BEGIN');
+      for (const payload of payloads) await db.query('SELECT pg_notify($1, $2)', [notifier.channel, payload]);
+      await db.query('COMMIT');
+    } finally {
+      await db.end();
+    }
+    await onB.until(2);
+    await reachedOnB.until(1);
+    expect(onB.messages.map((m) => (m.type === 'run-events' ? m.events[0]?.seq : -1))).toEqual([2, 4]);
+    expect(reachedOnB.messages).toEqual([{ type: 'run-reached', run_id: 'run_1', seq: 3 }]);
+    // This node does not hear its own commits twice.
+    expect(onA.messages).toHaveLength(1);
   });
 
   it('replaces a listener whose session is terminated, and resyncs', async () => {

@@ -1,6 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
-import type { Bus, BusMessage, BusMessageType, MessageOf } from './bus.js';
+import { changeEvents } from '../runs/snapshot.js';
+import type { RunChange } from '../store/store.js';
+import type { Bus, BusMessage, BusMessageType, CommitNotifier, MessageOf } from './bus.js';
 import { MemoryBus } from './memory.js';
 
 /** PostgreSQL's limit on a NOTIFY payload is 8,000 bytes; what does not fit travels as a pointer. */
@@ -15,6 +17,12 @@ export interface PostgresBusOptions {
   deadAfterMs?: number;
   /** Where connection failures are reported (they are retried). */
   onError?: (err: unknown) => void;
+  /**
+   * The store writes to the same database and sends each commit's run events inside the commit
+   * (`commitNotifier`): they reach the other nodes in commit order, with no round trip of their
+   * own, and `publish` tells only this node's listeners of them.
+   */
+  eventsInCommits?: boolean;
 }
 
 /** What travels in one notification: the sending node and its messages. */
@@ -54,6 +62,16 @@ export class PostgresBus implements Bus {
 
   constructor(private readonly options: PostgresBusOptions) {
     this.local = new MemoryBus(options.onError);
+    this.commitNotifier = options.eventsInCommits
+      ? {
+          channel: CHANNEL,
+          payloads: (changes: readonly RunChange[]) =>
+            envelopes(
+              this.nodeId,
+              changes.map((change) => ({ type: 'run-events', events: changeEvents(change) })),
+            ),
+        }
+      : undefined;
   }
 
   /** Connects the listener and starts the heartbeat; resolves once LISTEN is in place. */
@@ -63,14 +81,17 @@ export class PostgresBus implements Bus {
     const deadAfterMs = this.options.deadAfterMs ?? 3 * heartbeatMs;
     this.heartbeat = setInterval(() => {
       // An empty notification: this node's listener hears it when both connections work.
-      void this.notify([]);
+      void this.notify(envelope(this.nodeId, []));
       if (Date.now() - this.lastHeardMs > deadAfterMs) void this.replaceListener('no heartbeat heard');
     }, heartbeatMs);
     this.heartbeat.unref();
   }
 
+  readonly commitNotifier: CommitNotifier | undefined;
+
   publish(message: BusMessage): void {
     this.local.publish(message);
+    if (message.type === 'run-events' && this.commitNotifier) return;
     this.outbox.push(message);
     if (!this.sending) void this.flush();
   }
@@ -150,29 +171,18 @@ export class PostgresBus implements Bus {
     this.sending = true;
     try {
       while (this.outbox.length > 0 && !this.closed) {
-        const batch: BusMessage[] = [];
-        let bytes = 0;
-        while (this.outbox.length > 0) {
-          const next = fitting(this.outbox[0] as BusMessage);
-          const size = Buffer.byteLength(JSON.stringify(next));
-          if (batch.length > 0 && bytes + size > MAX_PAYLOAD_BYTES) break;
-          this.outbox.shift();
-          batch.push(next);
-          bytes += size;
-        }
-        await this.notify(batch);
+        for (const payload of envelopes(this.nodeId, this.outbox.splice(0))) await this.notify(payload);
       }
     } finally {
       this.sending = false;
     }
   }
 
-  /** One notification of this node's messages (none: a heartbeat). */
-  private async notify(messages: BusMessage[]): Promise<void> {
-    const envelope: Envelope = { n: this.nodeId, m: messages };
+  /** One notification (an envelope of this node's messages; with none, a heartbeat). */
+  private async notify(payload: string): Promise<void> {
     try {
       const sender = await this.connectedSender();
-      await sender.query('SELECT pg_notify($1, $2)', [CHANNEL, JSON.stringify(envelope)]);
+      await sender.query('SELECT pg_notify($1, $2)', [CHANNEL, payload]);
     } catch (err) {
       // Lost with the connection; the next sender asks every node to resync.
       this.options.onError?.(err);
@@ -201,8 +211,10 @@ export class PostgresBus implements Bus {
       // them. Its transaction need not wait for the WAL to reach the disk.
       await client.query('SET synchronous_commit = off');
       if (this.senderConnections++ > 0) {
-        const resync: Envelope = { n: this.nodeId, m: [{ type: 'resync' }] };
-        await client.query('SELECT pg_notify($1, $2)', [CHANNEL, JSON.stringify(resync)]);
+        await client.query('SELECT pg_notify($1, $2)', [
+          CHANNEL,
+          envelope(this.nodeId, [JSON.stringify({ type: 'resync' })]),
+        ]);
       }
       this.sender = client;
       return client;
@@ -214,10 +226,35 @@ export class PostgresBus implements Bus {
   }
 }
 
-/** The message as it can travel: events that would not fit a notification become a pointer. */
-function fitting(message: BusMessage): BusMessage {
-  if (message.type !== 'run-events') return message;
-  if (Buffer.byteLength(JSON.stringify(message)) <= MAX_PAYLOAD_BYTES) return message;
-  const last = message.events[message.events.length - 1];
-  return last ? { type: 'run-reached', run_id: last.run_id, seq: last.seq } : message;
+/** The payload of one notification: the sending node and its messages, each already JSON. */
+function envelope(nodeId: string, messages: readonly string[]): string {
+  return `{"n":${JSON.stringify(nodeId)},"m":[${messages.join(',')}]}`;
+}
+
+/**
+ * `messages` in order, as few notification payloads as fit PostgreSQL's limit; events that would
+ * not fit one alone travel as a pointer (`run-reached`), and the receivers read them from the store.
+ */
+function envelopes(nodeId: string, messages: readonly BusMessage[]): string[] {
+  const payloads: string[] = [];
+  let batch: string[] = [];
+  let bytes = 0;
+  for (const message of messages) {
+    let text = JSON.stringify(message);
+    let size = Buffer.byteLength(text);
+    const last = message.type === 'run-events' ? message.events[message.events.length - 1] : undefined;
+    if (size > MAX_PAYLOAD_BYTES && last) {
+      text = JSON.stringify({ type: 'run-reached', run_id: last.run_id, seq: last.seq });
+      size = Buffer.byteLength(text);
+    }
+    if (batch.length > 0 && bytes + size > MAX_PAYLOAD_BYTES) {
+      payloads.push(envelope(nodeId, batch));
+      batch = [];
+      bytes = 0;
+    }
+    batch.push(text);
+    bytes += size + 1;
+  }
+  if (batch.length > 0) payloads.push(envelope(nodeId, batch));
+  return payloads;
 }

@@ -5,7 +5,6 @@ import {
   type LogEntry,
   type LogEvent,
   type ProgressUpdate,
-  type RunEvent,
   type RunKind,
   type RunSnapshot,
   type RunStatus,
@@ -22,7 +21,7 @@ import type {
   RunReplay,
   Store,
 } from '../store/store.js';
-import { toSnapshot } from './snapshot.js';
+import { changeEvents, toSnapshot } from './snapshot.js';
 
 /**
  * What RunService needs to know about run kinds: which exist on this server, how a kind's
@@ -96,10 +95,6 @@ export function applyProgressUpdate(run: RunRecord, patch: ProgressUpdate, at: s
   if (isTerminal(next.status)) next.finished_at = at;
   next.seq = run.seq + 1;
   return next;
-}
-
-function updateEvent(run: RunRecord, at: string): RunEvent {
-  return { run_id: run.run_id, seq: run.seq, type: 'update', at, snapshot: toSnapshot(run) };
 }
 
 /**
@@ -281,8 +276,7 @@ export class RunService {
     return answered ? answered.value : answer(result.change);
   }
 
-  private publish({ run, logs }: RunChange): void {
-    const events: RunEvent[] = logs.length > 0 ? [...logs] : [updateEvent(run, run.updated_at)];
-    this.bus.publish({ type: 'run-events', events });
+  private publish(change: RunChange): void {
+    this.bus.publish({ type: 'run-events', events: changeEvents(change) });
   }
 }

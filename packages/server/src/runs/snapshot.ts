@@ -1,5 +1,5 @@
-import type { RunSnapshot } from '@runcast/protocol';
-import type { RunRecord } from '../store/store.js';
+import type { RunEvent, RunSnapshot } from '@runcast/protocol';
+import type { RunChange, RunRecord } from '../store/store.js';
 
 /** The wire view of a run: its snapshot fields, never its config or bookkeeping. */
 export function toSnapshot(run: RunRecord): RunSnapshot {
@@ -21,4 +21,14 @@ export function toSnapshot(run: RunRecord): RunSnapshot {
     error: run.error,
     retry_of: run.retry_of,
   };
+}
+
+/** The `update` event that carries `run`'s state at its seq. */
+export function updateEvent(run: RunRecord, at: string): RunEvent {
+  return { run_id: run.run_id, seq: run.seq, type: 'update', at, snapshot: toSnapshot(run) };
+}
+
+/** What subscribers are told of a committed change: its log events, or else one update. */
+export function changeEvents({ run, logs }: RunChange): RunEvent[] {
+  return logs.length > 0 ? [...logs] : [updateEvent(run, run.updated_at)];
 }

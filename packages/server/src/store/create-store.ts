@@ -1,4 +1,5 @@
 import { join } from 'node:path';
+import type { CommitNotifier } from '../bus/bus.js';
 import type { Config } from '../config.js';
 import { PostgresStore } from './postgres.js';
 import { SqliteStore } from './sqlite.js';
@@ -9,6 +10,8 @@ export interface CreateStoreOptions {
   onStorageFull?: (full: boolean, err?: unknown) => void;
   /** Told about an error on an idle database connection (PostgreSQL). */
   onError?: (err: Error) => void;
+  /** The bus's way of sending run events inside commits (the PostgreSQL bus). */
+  notifier?: CommitNotifier | undefined;
 }
 
 /**
@@ -22,6 +25,7 @@ export async function createStore(config: Config, options: CreateStoreOptions = 
       eventRetention: config.eventRetention,
       onStorageFull: options.onStorageFull,
       onError: options.onError,
+      notifier: options.notifier,
     });
   }
   return new SqliteStore({

@@ -101,4 +101,19 @@ export const POSTGRES_MIGRATIONS: readonly string[] = [
     created_at timestamptz NOT NULL DEFAULT now()
   );
   `,
+  // 3: a batch written without locking its runs first checks, inside its one statement, that
+  // every run was where the batch expected it; otherwise the statement (and its notifications)
+  // is undone with this error, and the batch is written again under the runs' locks.
+  `
+  CREATE FUNCTION runcast_expect_runs(written bigint, wanted bigint) RETURNS bigint
+  LANGUAGE plpgsql AS $$
+  BEGIN
+    IF written <> wanted THEN
+      RAISE EXCEPTION 'runcast: % of % runs were not where the batch expected them', wanted - written, wanted
+        USING ERRCODE = 'RC409';
+    END IF;
+    RETURN written;
+  END
+  $$;
+  `,
 ];

@@ -1,6 +1,7 @@
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import { postgresForFile } from '../../../../test/support/postgres.js';
+import type { CommitNotifier } from '../bus/bus.js';
 import { AppError } from '../errors.js';
 import {
   appendOne,
@@ -10,9 +11,10 @@ import {
   rejection,
   seedRuns,
 } from '../test-support/store-contract.js';
+import { CachedStore } from './cached.js';
 import { PostgresStore, type PostgresStoreOptions } from './postgres.js';
 import { POSTGRES_MIGRATIONS } from './postgres-migrations.js';
-import type { CommitResult } from './store.js';
+import type { CommitResult, Store } from './store.js';
 
 /** A new, empty database on the file's server. */
 const newDatabase = postgresForFile('runcast');
@@ -21,6 +23,17 @@ describeStoreContract('PostgreSQL', async ({ eventRetention, now }) => {
   const url = await newDatabase();
   const options: PostgresStoreOptions = { url, eventRetention, now };
   return { store: await PostgresStore.open(options), reopen: () => PostgresStore.open(options) };
+});
+
+// Behind the read cache, as the server runs it, every commit is handed the caller's copy of its
+// run and is first tried without locks: the same contract must hold.
+describeStoreContract('PostgreSQL behind its read cache', async ({ eventRetention, now }) => {
+  const url = await newDatabase();
+  const options: PostgresStoreOptions = { url, eventRetention, now };
+  return {
+    store: new CachedStore(await PostgresStore.open(options)),
+    reopen: async () => new CachedStore(await PostgresStore.open(options)),
+  };
 });
 
 /** Runs SQL on a database outside any store. */
@@ -63,31 +76,92 @@ describe('PostgresStore across nodes', () => {
     await expect(PostgresStore.open({ url, eventRetention: 100 })).rejects.toThrow(/newer than this Runcast/);
   });
 
-  it('gives two nodes committing to one run every seq exactly once, with every log stored', async () => {
-    const { stores: pair } = await nodes(2);
-    const [a, b] = pair as [PostgresStore, PostgresStore];
+  /**
+   * Two nodes commit one log each, `perWave` at a time, in interleaved waves, so that their batches
+   * contend for the run's row again and again; then every seq was given once, and each log is
+   * stored under the seq its commit was acknowledged with.
+   */
+  async function raceOnOneRun(a: Store, b: Store, waves: number, perWave: number): Promise<void> {
     await seedRuns(a, 'run_a');
     const calls: Promise<CommitResult>[] = [];
-    // Interleaved, in waves, so that both nodes' batches contend for the row again and again.
-    for (let wave = 0; wave < 10; wave++) {
-      for (let i = 0; i < 50; i++) {
+    for (let wave = 0; wave < waves; wave++) {
+      for (let i = 0; i < perWave; i++) {
         calls.push(a.commitRun('run_a', appendOne(`a${wave}.${i}`)));
         calls.push(b.commitRun('run_a', appendOne(`b${wave}.${i}`)));
       }
       await new Promise((resolve) => setImmediate(resolve));
     }
     const results = await Promise.all(calls);
+    const total = 2 * waves * perWave;
     const seqs = results.map((result) => committed(result).run.seq).sort((x, y) => x - y);
-    expect(seqs).toEqual(Array.from({ length: 1000 }, (_, i) => i + 1));
-    const replay = await a.replay('run_a', 0, 2000);
+    expect(seqs).toEqual(Array.from({ length: total }, (_, i) => i + 1));
+    const replay = await a.replay('run_a', 0, 2 * total);
     expect(replay?.events.map((event) => event.seq)).toEqual(seqs);
-    // The log each call wrote is stored under the seq its commit was acknowledged with.
     const bySeq = new Map(replay?.events.map((event) => [event.seq, event.log.message]));
     for (const result of results) {
       const { run, logs } = committed(result);
       expect(bySeq.get(run.seq)).toBe(logs[0]?.log.message);
     }
-    expect(replay?.run).toMatchObject({ seq: 1000, log_count: 1000 });
+    expect(replay?.run).toMatchObject({ seq: total, log_count: total });
+  }
+
+  it('gives two nodes committing to one run every seq exactly once, with every log stored', async () => {
+    const { stores: pair } = await nodes(2);
+    await raceOnOneRun(pair[0] as PostgresStore, pair[1] as PostgresStore, 10, 50);
+  });
+
+  it('commits from copies another node made stale: every seq once, every log under its seq', async () => {
+    const { stores: pair } = await nodes(2);
+    // Behind their caches, each node hands its last copy of the run to every commit (tried
+    // without locks), and the other node's commits keep making it stale.
+    const [a, b] = pair.map((store) => new CachedStore(store)) as [CachedStore, CachedStore];
+    await raceOnOneRun(a, b, 10, 20);
+  });
+
+  it("sends each commit's notifications with it: once, in commit order, however it was written", async () => {
+    const channel = 'runcast_store_test';
+    const notifier: CommitNotifier = {
+      channel,
+      payloads: (changes) => changes.map(({ run }) => `${run.run_id}:${run.seq}`),
+    };
+    const { url, stores: pair } = await nodes(2, { notifier });
+    const listener = new pg.Client({ connectionString: url });
+    await listener.connect();
+    const heard: string[] = [];
+    const runIds = ['run_a', 'run_b'];
+    const total = 2 * 100 + 50;
+    const allHeard = new Promise<void>((resolve) => {
+      listener.on('notification', ({ payload }) => {
+        heard.push(payload ?? '');
+        if (heard.length === total) resolve();
+      });
+    });
+    try {
+      await listener.query(`LISTEN ${channel}`);
+      const [a, b] = pair.map((store) => new CachedStore(store)) as [CachedStore, CachedStore];
+      await seedRuns(a, ...runIds);
+      const calls: Promise<CommitResult>[] = [];
+      for (let i = 0; i < 50; i++) {
+        // run_a from both nodes (their copies go stale and their batches are written again under
+        // locks), run_b from one node (written without locks).
+        calls.push(a.commitRun('run_a', appendOne(`a${i}`)), b.commitRun('run_a', appendOne(`b${i}`)));
+        calls.push(a.commitRun('run_b', appendOne(`c${i}`)), a.commitRun('run_b', appendOne(`d${i}`)));
+        calls.push(b.commitRun('run_a', appendOne(`e${i}`)));
+        if (i % 5 === 0) await new Promise((resolve) => setImmediate(resolve));
+      }
+      await Promise.all(calls);
+      await allHeard;
+      for (const runId of runIds) {
+        const seqs = heard
+          .filter((note) => note.startsWith(`${runId}:`))
+          .map((note) => Number(note.split(':')[1]));
+        const count = (await pair[0]?.getRun(runId))?.seq ?? 0;
+        expect(seqs).toEqual(Array.from({ length: count }, (_, i) => i + 1));
+      }
+      expect(heard).toHaveLength(total);
+    } finally {
+      await listener.end();
+    }
   });
 
   it('never deadlocks nodes whose batches take the same runs in other orders', async () => {

@@ -1,5 +1,6 @@
 import type { LogEvent, MemberRole } from '@runcast/protocol';
 import pg from 'pg';
+import type { CommitNotifier } from '../bus/bus.js';
 import { AppError } from '../errors.js';
 import {
   type CommitSettings,
@@ -56,6 +57,8 @@ export interface PostgresStoreOptions extends CommitSettings {
   maxConnections?: number;
   /** Told about an error on an idle pooled connection; the pool replaces the connection. */
   onError?: (err: Error) => void;
+  /** Sends each batch's run events as notifications inside its commit (the PostgreSQL bus). */
+  notifier?: CommitNotifier | undefined;
 }
 
 const DEFAULT_COMMIT_LANES = 4;
@@ -63,6 +66,8 @@ const DEFAULT_COMMIT_LANES = 4;
 const MIGRATION_LOCK = 0x52434d31;
 const IDEMPOTENCY_PRUNE_LOCK = 0x52434931;
 const UNIQUE_VIOLATION = '23505';
+/** Raised by `runcast_expect_runs`: a batch written without locks found a run moved on. */
+const RUNS_MOVED = 'RC409';
 
 const INT8 = 20;
 const INT8_ARRAY = 1016;
@@ -102,6 +107,8 @@ interface BatchRun {
   oldest: number[];
   /** Who held the run when the batch locked it: fenced calls are checked against it. */
   lease: StoredLease;
+  /** Lock-free: `lease` is the calls' fence, which the write itself checks. */
+  fenced: boolean;
   /** Events the batch's calls added, ascending. */
   added: NewEvent[];
   /** How many of (stored events, then `added`) the batch's calls pruned. */
@@ -167,23 +174,36 @@ const STATE_TYPES: Record<(typeof STATE_COLUMNS)[number], string> = {
   log_count: 'bigint',
   pruned_through_seq: 'bigint',
 };
-/** A batch's writes in one statement: pruned events, new events, new keys, the runs' new state. */
+/**
+ * A batch's writes in one statement: pruned events, new events, new keys, the runs' new state,
+ * and the notifications announcing them (sent when the transaction commits). Its rows travel as
+ * JSON arrays of objects, which cost the node one native JSON.stringify each. Each run is written
+ * only if it is still at the seq the batch computed from (and, for a fenced writer, still under
+ * its fence); if one is not, `runcast_expect_runs` undoes the whole statement. Under the runs'
+ * locks that always holds; without them it is what makes a lock-free batch safe.
+ */
 const WRITE_BATCH = `
   WITH pruned AS (
-    DELETE FROM run_events e USING unnest($1::text[], $2::bigint[]) AS d(run_id, through)
+    DELETE FROM run_events e USING json_to_recordset($1::json) AS d(run_id text, through bigint)
     WHERE e.run_id = d.run_id AND e.seq <= d.through
   ), events AS (
     INSERT INTO run_events (run_id, seq, type, at, body)
-    SELECT run_id, seq, 'log', at, body FROM unnest($3::text[], $4::bigint[], $5::text[], $6::text[])
-      AS v(run_id, seq, at, body)
+    SELECT run_id, seq, 'log', at, body
+    FROM json_to_recordset($2::json) AS v(run_id text, seq bigint, at text, body text)
   ), keys AS (
     INSERT INTO idempotency_keys (run_id, key, fingerprint, response, created_at)
-    SELECT * FROM unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::text[])
+    SELECT run_id, key, fingerprint, response, created_at
+    FROM json_to_recordset($3::json) AS k(run_id text, key text, fingerprint text, response text, created_at text)
+  ), written AS (
+    UPDATE runs r SET ${STATE_COLUMNS.map((c) => `${c} = u.${c}`).join(', ')}
+    FROM json_to_recordset($4::json) AS u(run_id text, from_seq bigint, fence_owner text, fence bigint,
+      ${STATE_COLUMNS.map((c) => `${c} ${STATE_TYPES[c]}`).join(', ')})
+    WHERE r.run_id = u.run_id AND r.seq = u.from_seq
+      AND (u.fence_owner IS NULL OR (r.owner = u.fence_owner AND r.fence = u.fence))
+    RETURNING r.run_id
   )
-  UPDATE runs r SET ${STATE_COLUMNS.map((c) => `${c} = u.${c}`).join(', ')}
-  FROM unnest($12::text[], ${STATE_COLUMNS.map((c, i) => `$${i + 13}::${STATE_TYPES[c]}[]`).join(', ')})
-    AS u(run_id, ${STATE_COLUMNS.join(', ')})
-  WHERE r.run_id = u.run_id`;
+  SELECT runcast_expect_runs((SELECT count(*) FROM written), json_array_length($4::json)) AS written,
+    (SELECT count(pg_notify($5, note)) FROM json_array_elements_text($6::json) AS n(note)) AS notified`;
 /** The oldest `n` stored events' seqs of each run. */
 const OLDEST_EVENTS = `
   SELECT e.run_id, e.seq FROM unnest($1::text[], $2::int[]) AS want(run_id, n)
@@ -240,6 +260,7 @@ export class PostgresStore implements Store {
   private readonly maxCommitBatch: number;
   private readonly storage: StorageHealth;
   private readonly lanes: Lane[];
+  private readonly notifier: CommitNotifier | undefined;
   private lastIdempotencyPruneMs = Number.NEGATIVE_INFINITY;
   private closed = false;
 
@@ -272,6 +293,7 @@ export class PostgresStore implements Store {
     // The disk is the database server's: no directory here to probe for free space.
     this.storage = new StorageHealth({ dir: undefined, onChange: options.onStorageFull });
     this.lanes = Array.from({ length: lanes }, () => ({ queue: [], timer: undefined, flushing: undefined }));
+    this.notifier = options.notifier;
   }
 
   /**
@@ -632,15 +654,65 @@ export class PostgresStore implements Store {
     });
   }
 
-  /** Commits a batch in one transaction, then settles its calls in call order; never rejects. */
+  /**
+   * Commits a batch, then settles its calls in call order; never rejects. A batch whose runs the
+   * callers know (this node wrote or read them last) is first written in one statement without
+   * locks, guarded by the seqs it computed from; one that cannot be (a run moved on, a key is
+   * already stored, events must be pruned, a call failed) is computed again under the runs' locks.
+   */
   private async commitBatch(batch: BatchCall[]): Promise<void> {
     try {
-      await this.write(() => this.transaction((client) => this.applyBatch(client, batch)));
+      await this.write(async () => {
+        if (await this.commitWithoutLocks(batch)) return;
+        for (const pending of batch)
+          Object.assign(pending, { result: undefined, error: undefined, response: undefined });
+        await this.transaction((client) => this.applyBatch(client, batch));
+      });
     } catch (err) {
       for (const pending of batch) pending.reject(err);
       return;
     }
     settleBatch(batch);
+  }
+
+  /** The lock-free attempt: false when the batch must be computed again under locks. */
+  private async commitWithoutLocks(batch: readonly BatchCall[]): Promise<boolean> {
+    if (this.pruneDue() && batch.some((pending) => pending.claim)) return false;
+    const runs = new Map<string, BatchRun>();
+    for (const pending of batch) {
+      if (runs.has(pending.runId)) continue;
+      const known = pending.known;
+      if (!known) return false;
+      runs.set(pending.runId, {
+        current: known,
+        storedCount: known.log_count,
+        storedSeq: known.seq,
+        // The statement checks the fence; calls of one run under different fences take the locks.
+        lease: { owner: pending.fence?.owner ?? null, fence: pending.fence?.fence ?? 0 },
+        fenced: pending.fence !== undefined,
+        oldest: [],
+        added: [],
+        pruned: 0,
+        changed: false,
+      });
+    }
+    const seen = new Map<string, SeenKey>();
+    for (const pending of batch) {
+      try {
+        pending.result = await this.applyCommit(undefined, pending, runs.get(pending.runId), seen);
+      } catch (err) {
+        pending.error = err;
+        return false;
+      }
+    }
+    try {
+      await this.writeBatch(this.pool, runs, batch);
+    } catch (err) {
+      const code = (err as { code?: string }).code;
+      if (code === RUNS_MOVED || code === UNIQUE_VIOLATION) return false;
+      throw err;
+    }
+    return true;
   }
 
   /**
@@ -667,6 +739,7 @@ export class PostgresStore implements Store {
         storedCount: row.log_count,
         storedSeq: row.seq,
         lease: { owner: lease_owner, fence: lease_fence },
+        fenced: false,
         oldest: [],
         added: [],
         pruned: 0,
@@ -681,6 +754,9 @@ export class PostgresStore implements Store {
       } catch (err) {
         pending.error = err;
       }
+    }
+    if (batch.some((pending) => pending.claim && pending.response !== undefined)) {
+      await this.pruneIdempotencyKeys(client, this.now());
     }
     await this.writeBatch(client, runs, batch);
   }
@@ -727,10 +803,21 @@ export class PostgresStore implements Store {
     for (const row of rows) runs.get(row.run_id)?.oldest.push(row.seq);
   }
 
-  /** The seq of the `index`-th oldest event of the run: stored first, then those the batch added. */
-  private async seqAt(client: pg.PoolClient, runId: string, run: BatchRun, added: NewEvent[], index: number) {
+  /**
+   * The seq of the `index`-th oldest event of the run: stored first, then those the batch added.
+   * Without a transaction (a lock-free batch) a stored event's seq cannot be read: the batch
+   * takes the locks instead.
+   */
+  private async seqAt(
+    client: pg.PoolClient | undefined,
+    runId: string,
+    run: BatchRun,
+    added: NewEvent[],
+    index: number,
+  ) {
     if (index < run.storedCount) {
       if (index >= run.oldest.length) {
+        if (!client) throw new Error(`run ${runId}: pruning stored events needs the run's lock`);
         const { rows } = await client.query<{ seq: number }>(
           'SELECT seq FROM run_events WHERE run_id = $1 ORDER BY seq OFFSET $2 LIMIT $3',
           [runId, run.oldest.length, index + 1 - run.oldest.length],
@@ -751,7 +838,7 @@ export class PostgresStore implements Store {
    * on `run` and `seen` only once nothing it does can throw any more.
    */
   private async applyCommit(
-    client: pg.PoolClient,
+    client: pg.PoolClient | undefined,
     pending: BatchCall,
     run: BatchRun | undefined,
     seen: Map<string, SeenKey>,
@@ -794,46 +881,68 @@ export class PostgresStore implements Store {
     return { replayed: false, change: committed };
   }
 
-  /** Writes what the batch's calls committed, in one statement. */
+  /** Writes what the batch's calls committed, and the notifications of it, in one statement. */
   private async writeBatch(
-    client: pg.PoolClient,
+    db: pg.Pool | pg.PoolClient,
     runs: ReadonlyMap<string, BatchRun>,
     batch: readonly BatchCall[],
   ): Promise<void> {
-    const prune: [string[], number[]] = [[], []];
-    const events: [string[], number[], string[], string[]] = [[], [], [], []];
-    const state: unknown[][] = [[], ...STATE_COLUMNS.map(() => [])];
+    const prune: { run_id: string; through: number }[] = [];
+    const events: { run_id: string; seq: number; at: string; body: string }[] = [];
+    const written: Record<string, unknown>[] = [];
     for (const [runId, run] of runs) {
       if (!run.changed) continue;
       const storedPruned = Math.min(run.pruned, run.storedCount);
       // All stored events pruned: the batch may not have read them all, but none is past storedSeq.
       const through = storedPruned === run.storedCount ? run.storedSeq : run.oldest[storedPruned - 1];
-      if (storedPruned > 0 && through !== undefined) {
-        prune[0].push(runId);
-        prune[1].push(through);
+      if (storedPruned > 0 && through !== undefined) prune.push({ run_id: runId, through });
+      for (const { seq, at, body } of run.added.slice(Math.max(0, run.pruned - run.storedCount))) {
+        events.push({ run_id: runId, seq, at, body });
       }
-      for (const event of run.added.slice(Math.max(0, run.pruned - run.storedCount))) {
-        events[0].push(runId);
-        events[1].push(event.seq);
-        events[2].push(event.at);
-        events[3].push(event.body);
-      }
-      const values = [runId, ...stateValues(run.current)];
-      for (let i = 0; i < values.length; i++) state[i]?.push(values[i]);
+      const row: Record<string, unknown> = {
+        run_id: runId,
+        from_seq: run.storedSeq,
+        fence_owner: run.fenced ? run.lease.owner : null,
+        fence: run.fenced ? run.lease.fence : null,
+      };
+      const values = stateValues(run.current);
+      STATE_COLUMNS.forEach((column, i) => {
+        row[column] = values[i];
+      });
+      written.push(row);
     }
-    if ((state[0]?.length ?? 0) === 0) return;
-    const keys: [string[], string[], string[], string[], string[]] = [[], [], [], [], []];
-    const createdAt = this.now();
-    for (const { runId, claim, response } of batch) {
+    if (written.length === 0) return;
+    const keys: Record<string, string>[] = [];
+    const createdAt = this.now().toISOString();
+    const changes: RunChange[] = [];
+    for (const { runId, claim, response, result } of batch) {
+      if (result && !result.replayed) changes.push(result.change);
       if (!claim || response === undefined) continue;
-      keys[0].push(runId);
-      keys[1].push(claim.key);
-      keys[2].push(claim.fingerprint);
-      keys[3].push(response);
-      keys[4].push(createdAt.toISOString());
+      keys.push({
+        run_id: runId,
+        key: claim.key,
+        fingerprint: claim.fingerprint,
+        response,
+        created_at: createdAt,
+      });
     }
-    if (keys[0].length > 0) await this.pruneIdempotencyKeys(client, createdAt);
-    await client.query(WRITE_BATCH, [...prune, ...events, ...keys, ...state]);
+    const notes = this.notifier ? this.notifier.payloads(changes) : [];
+    await db.query({
+      name: 'runcast-write-batch',
+      text: WRITE_BATCH,
+      values: [
+        JSON.stringify(prune),
+        JSON.stringify(events),
+        JSON.stringify(keys),
+        JSON.stringify(written),
+        this.notifier?.channel ?? null,
+        JSON.stringify(notes),
+      ],
+    });
+  }
+
+  private pruneDue(): boolean {
+    return this.now().getTime() - this.lastIdempotencyPruneMs >= IDEMPOTENCY_PRUNE_INTERVAL_MS;
   }
 
   /**
@@ -841,7 +950,7 @@ export class PostgresStore implements Store {
    * a time: the others skip it rather than wait on the same rows.
    */
   private async pruneIdempotencyKeys(client: pg.PoolClient, now: Date): Promise<void> {
-    if (now.getTime() - this.lastIdempotencyPruneMs < IDEMPOTENCY_PRUNE_INTERVAL_MS) return;
+    if (!this.pruneDue()) return;
     this.lastIdempotencyPruneMs = now.getTime();
     await client.query(
       `WITH turn AS (SELECT pg_try_advisory_xact_lock($2) AS mine)

@@ -76,8 +76,8 @@ export interface CommitOptions {
   idempotency?: IdempotencyClaim | undefined;
   /**
    * The run as the caller last saw it committed, when it has it: the store may hand this to
-   * `change` instead of reading the whole row, once the transaction has checked that the stored
-   * run is still at its seq.
+   * `change` instead of reading the whole row, and commits the result only if the stored run is
+   * still at its seq (a run's record changes only with its seq).
    */
   current?: RunRecord | undefined;
   /**
@@ -205,7 +205,10 @@ export interface Store extends RunLeases {
    * Reads the run, lets `change` compute its next state, and stores that state and the log
    * events atomically; durable when the promise resolves. `change` may throw to abort; it must
    * advance the run's seq and change only its state (status, stage, progress, stats, error and
-   * their times), never what the run was created with.
+   * their times), never what the run was created with. `change` (and the claim's `response`) may
+   * be called more than once — a store may compute a commit on the caller's copy and compute it
+   * again on the stored row when that copy turns out to be behind — so they must not act beyond
+   * what they return; only the last call's result is committed.
    *
    * With an idempotency claim, the same transaction first looks the key up: a key already stored
    * for this run commits nothing and answers the stored response (or refuses with INVALID_INPUT

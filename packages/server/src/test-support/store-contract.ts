@@ -135,7 +135,9 @@ export function describeStoreContract(name: string, make: MakeStore): void {
         expect(first.run.seq).toBe(1);
         const again = await store.commitRun('run_a', appendOne('x', calls), { idempotency: claim('k1') });
         expect(again).toEqual({ replayed: true, response: JSON.stringify({ seq: 1 }) });
-        expect(calls.n).toBe(1);
+        // A store may have computed the repeat's change before finding the key (commitRun says
+        // so): what counts is that nothing of it was stored.
+        expect(calls.n).toBeLessThanOrEqual(2);
         expect((await store.getRun('run_a'))?.seq).toBe(1);
         expect((await store.replay('run_a', 0, 10))?.events).toHaveLength(1);
       });
@@ -160,8 +162,9 @@ export function describeStoreContract(name: string, make: MakeStore): void {
           store.commitRun('run_a', appendOne('y', calls), { idempotency: claim('k1', 'two') }),
         );
         expect(refused.code).toBe('INVALID_INPUT');
-        expect(calls.n).toBe(1);
+        expect(calls.n).toBeLessThanOrEqual(2);
         expect((await store.getRun('run_a'))?.seq).toBe(1);
+        expect((await store.replay('run_a', 0, 10))?.events.map((event) => event.log.message)).toEqual(['x']);
       });
 
       it('stores no key when the change throws, so a retry is evaluated afresh', async () => {
@@ -229,10 +232,12 @@ export function describeStoreContract(name: string, make: MakeStore): void {
         await store.commitRun('run_a', advance(seen), { current: first.run });
         expect(seen[0]).toBe(first.run);
 
+        // A copy behind the stored run may be handed to `change` first; what commits is computed
+        // on the stored run.
         const stale = { ...first.run, stage: 'STALE' };
         await store.commitRun('run_a', advance(seen), { current: stale });
-        expect(seen[1]).not.toBe(stale);
-        expect(seen[1]).toMatchObject({ seq: 2, stage: 'S2' });
+        expect(seen.at(-1)).not.toBe(stale);
+        expect(seen.at(-1)).toMatchObject({ seq: 2, stage: 'S2' });
         expect(await store.getRun('run_a')).toMatchObject({ seq: 3, stage: 'S3' });
       });
 

@@ -17,6 +17,8 @@ function context(fallback: TransportContext['fallback']): TransportContext {
     cursor: () => undefined,
     fallback,
     hints: { pollWaitS: 25, keepaliveS: undefined },
+    delta: true,
+    pollLingerMs: 0,
   };
 }
 

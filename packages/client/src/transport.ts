@@ -25,6 +25,16 @@ export interface TransportContext {
   fallback: { from: ConnectionMethod; reason: string } | undefined;
   /** What the service learned about the network, shared by every transport it builds. */
   hints: NetworkHints;
+  /**
+   * Ask for delta updates (each transport makes them whole before handing them on); false asks
+   * for whole snapshots, as an old client does.
+   */
+  delta: boolean;
+  /**
+   * How long a long-poll answer may wait, once something arrived, for what follows at once to
+   * come with it (`linger_ms`); 0 answers at the first event.
+   */
+  pollLingerMs: number;
 }
 
 /** Limits learned from proxies that cut idle connections. */

@@ -1,6 +1,7 @@
 import { SSE_RUN_ERROR } from '@runcast/protocol';
 import { createParser, type EventSourceMessage } from 'eventsource-parser';
 import { errorFromResponse, RUN_ERROR_CODES, RuncastError } from '../errors.js';
+import { HeldStates, type ReceivedEvent } from '../held-states.js';
 import {
   requestHeaders,
   type Transport,
@@ -78,6 +79,7 @@ export class SseTransport implements Transport {
     // Asked only once a proxy was seen to cut an idle stream: an older server refuses the field.
     const keepaliveS = this.context.hints.keepaliveS;
     if (keepaliveS !== undefined) query.set('keepalive', String(keepaliveS));
+    if (this.context.delta) query.set('delta', '1');
     const headers = await requestHeaders(this.context, 'sse');
     headers.accept = 'text/event-stream';
     const response = await this.context.env.fetch(`${this.context.baseUrl}/api/v1/stream?${query}`, {
@@ -111,6 +113,10 @@ export class SseTransport implements Transport {
     }
     if (!response.body) throw new RuncastError('NO_BODY', 'the stream has no body');
     let first = true;
+    // Each stream opens every run with a snapshot: what an earlier stream held does not count.
+    const states = new HeldStates();
+    // A delta that did not apply: the stream is opened again, for a snapshot of every run.
+    const reopen = () => this.scheduleReopen();
     const parser = createParser({
       onEvent: (message: EventSourceMessage) => {
         if (generation !== this.generation) return;
@@ -127,7 +133,8 @@ export class SseTransport implements Transport {
           return;
         }
         if (message.event !== 'snapshot' && message.event !== 'update' && message.event !== 'log') return;
-        const event = JSON.parse(message.data) as ProgressEvent;
+        const event = states.take(JSON.parse(message.data) as ReceivedEvent, reopen);
+        if (!event) return;
         if (event.type === 'snapshot' && first) {
           first = false;
           this.opened = true;

@@ -292,3 +292,21 @@ describe('polling with delta=1', () => {
     expect(answer.headers.get('etag')).toBe('"0"');
   });
 });
+
+describe('the OpenAPI document', () => {
+  it('states the delta contract: the event shapes and the parameters that ask for them', async () => {
+    const spec = (await (await fetch(`${fixture.server.url}/docs/json`)).json()) as any;
+    expect(spec.components.schemas.DeltaUpdateEvent.required).toEqual(
+      expect.arrayContaining(['run_id', 'seq', 'type', 'at', 'base_seq', 'patch']),
+    );
+    expect(spec.components.schemas.ProgressDelta.properties).toHaveProperty('base_seq');
+    const names = (path: string) =>
+      (spec.paths[path].get.parameters as { name: string }[]).map((parameter) => parameter.name);
+    expect(names('/api/v1/runs/{run_id}/progress')).toEqual(
+      expect.arrayContaining(['since', 'wait', 'delta', 'state_seq', 'linger_ms']),
+    );
+    expect(names('/api/v1/runs/{run_id}/stream')).toContain('delta');
+    expect(names('/api/v1/stream')).toContain('delta');
+    expect(spec.info.description).toContain('base_seq');
+  });
+});

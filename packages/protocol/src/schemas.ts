@@ -217,6 +217,18 @@ export const DeltaFlag = Type.Integer({
     'their base; 0 or absent: every update carries the whole snapshot.',
 });
 
+/** The delta contract of the live transports, as the API reference states it. */
+export const DELTA_STREAM_DOC =
+  'With `delta=1` (Socket.IO: `subscribe {run_id, since?, delta: true}`) an update may come as a ' +
+  'DeltaUpdateEvent `{run_id, seq, type: "update", at, base_seq, patch}`: `patch` is an RFC 7396 ' +
+  'merge patch that turns the state the subscription holds after its snapshot or update with seq ' +
+  '`base_seq` into the state at `seq`. It comes only when that is the state the subscription ' +
+  'holds: the first update after the opening snapshot, an update after one that conflation ' +
+  'skipped, one after a gap the server filled from its store, and a change a merge patch cannot ' +
+  'express (a member becoming null) come whole. A client that receives a delta of another base ' +
+  'must not apply it: it opens the run again (resumes) for a snapshot. Without `delta=1` every ' +
+  'update carries the whole snapshot.';
+
 /** What a live transport may carry once it asked for deltas: every RunEvent, or a delta update. */
 export const WireEvent = Type.Union([UpdateEvent, DeltaUpdateEvent, LogEvent]);
 export type WireEvent = Static<typeof WireEvent>;

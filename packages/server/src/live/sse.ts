@@ -1,7 +1,7 @@
 import type { ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
-import { DeltaFlag, isTerminal, RunId, SSE_RUN_ERROR } from '@runcast/protocol';
+import { DELTA_STREAM_DOC, DeltaFlag, isTerminal, RunId, SSE_RUN_ERROR } from '@runcast/protocol';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { Type } from 'typebox';
 import { requirePrincipal } from '../auth/plugin.js';
@@ -348,6 +348,7 @@ export const sseRoutes: FastifyPluginAsyncTypebox<SseOptions> = async (app, opti
           { additionalProperties: false },
         ),
         tags: ['live'],
+        description: `One run's events as Server-Sent Events: the logs missed after Last-Event-ID (or \`since\`), a whole \`snapshot\`, then live \`update\` and \`log\` events. ${DELTA_STREAM_DOC}`,
       },
     },
     async (request, reply) => {
@@ -382,6 +383,7 @@ export const sseRoutes: FastifyPluginAsyncTypebox<SseOptions> = async (app, opti
           { additionalProperties: false },
         ),
         tags: ['live'],
+        description: `Many runs' events on one stream; ids and \`since\` are \`<run_id>:<seq>,…\`. ${DELTA_STREAM_DOC} The base is per run.`,
       },
     },
     async (request, reply) => {

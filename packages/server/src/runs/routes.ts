@@ -222,7 +222,22 @@ export const runRoutes: FastifyPluginAsyncTypebox<RunRoutesOptions> = async (app
 
   app.get(
     '/runs/:run_id/progress',
-    { schema: { params: RunParams, querystring: progressQuery, tags: ['runs'] } },
+    {
+      schema: {
+        params: RunParams,
+        querystring: progressQuery,
+        tags: ['runs'],
+        description:
+          'The run snapshot, with `ETag: "<seq>"` (If-None-Match answers 304). `since` adds the log ' +
+          'events after it (every one, up to a page: `events_more`); `wait` long-polls until seq > ' +
+          'since, or 304 at the deadline; `linger_ms` then waits that much longer for the events ' +
+          'that follow the first. With `delta=1&state_seq=U`, when this server knows the state at ' +
+          'U (it answered it lately, or only log events followed it), the answer is a ProgressDelta ' +
+          '`{run_id, seq, base_seq: U, patch, events?, events_truncated?, events_more?}` — `patch` ' +
+          'an RFC 7396 merge patch from the state at U to the state now — instead of the snapshot; ' +
+          'when it cannot be sure, the whole snapshot as without delta.',
+      },
+    },
     async (request, reply) => {
       const { run_id } = request.params;
       const principal = requirePrincipal(request);

@@ -1,5 +1,9 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { defaultEnvironment, ProgressService } from '../../packages/client/src/index.js';
+import {
+  defaultEnvironment,
+  ProgressService,
+  type ProgressServiceOptions,
+} from '../../packages/client/src/index.js';
 import type { ConnectionMethod, Environment, ProgressEvent } from '../../packages/client/src/types.js';
 import { Collector, eventually } from '../support/collector.js';
 import { serverWorld } from '../support/server-world.js';
@@ -66,6 +70,30 @@ async function produce(runId: string, ticks: number): Promise<void> {
   await fixture.world.worker.patch(`/runs/${runId}/progress`, { status: 'COMPLETED', ...tick(10000) });
 }
 
+/**
+ * Follows `runId` with a ProgressService on `method` alone, once connected has the run produce
+ * `ticks` ticks and logs, and answers when the callback saw the run complete.
+ */
+async function followToTheEnd(
+  runId: string,
+  method: ConnectionMethod,
+  options: ProgressServiceOptions,
+  ticks: number,
+): Promise<{ service: ProgressService; seen: Collector }> {
+  const service = new ProgressService({
+    baseUrl: fixture.server.url,
+    token: fixture.world.viewer.token,
+    transports: [method],
+    ...options,
+  });
+  const seen = new Collector();
+  service.subscribeToRun(runId, seen.push);
+  await eventually(() => service.getConnectionMethod() === method);
+  await produce(runId, ticks);
+  await seen.untilStatus('COMPLETED');
+  return { service, seen };
+}
+
 const states = (events: readonly ProgressEvent[]) =>
   events.flatMap((event) => (event.type === 'snapshot' || event.type === 'update' ? [event] : []));
 
@@ -78,18 +106,9 @@ describe.each<ConnectionMethod>(['websocket', 'sse', 'polling'])('ProgressServic
     async (deltaUpdates) => {
       const runId = await newRun();
       const { env, wire } = recordingEnvironment();
-      service = new ProgressService({
-        baseUrl: fixture.server.url,
-        token: fixture.world.viewer.token,
-        transports: [method],
-        deltaUpdates,
-        env,
-      });
-      const seen = new Collector();
-      service.subscribeToRun(runId, seen.push);
-      await eventually(() => service?.getConnectionMethod() === method);
-      await produce(runId, 12);
-      await seen.untilStatus('COMPLETED');
+      const followed = await followToTheEnd(runId, method, { deltaUpdates, env }, 12);
+      service = followed.service;
+      const seen = followed.seen;
 
       const final = (await fixture.world.viewer.get(`/runs/${runId}/progress`)).body;
       expect(seen.lastState).toEqual(final);
@@ -137,18 +156,9 @@ describe('a delta against another base', () => {
         return socket;
       },
     };
-    service = new ProgressService({
-      baseUrl: fixture.server.url,
-      token: fixture.world.viewer.token,
-      transports: ['websocket'],
-      openingFetch: false,
-      env,
-    });
-    const seen = new Collector();
-    service.subscribeToRun(runId, seen.push);
-    await eventually(() => service?.getConnectionMethod() === 'websocket');
-    await produce(runId, 6);
-    await seen.untilStatus('COMPLETED');
+    const followed = await followToTheEnd(runId, 'websocket', { openingFetch: false, env }, 6);
+    service = followed.service;
+    const seen = followed.seen;
 
     expect(tampered).toBe(true);
     expect(subscribes).toBe(2);
@@ -161,3 +171,50 @@ describe('a delta against another base', () => {
     expect(seen.logMessages).toEqual(Array.from({ length: 6 }, (_, i) => `line ${i + 1}`));
   });
 });
+
+describe.each<ConnectionMethod>(['websocket', 'sse', 'polling'])(
+  'a server older than deltas, over %s',
+  (method) => {
+    let service: ProgressService | undefined;
+    afterEach(() => service?.close());
+
+    it('is asked again for whole updates, and the run is followed as ever', async () => {
+      const runId = await newRun();
+      const real = defaultEnvironment();
+      let refusals = 0;
+      const refusal = { code: 'INVALID_INPUT', message: 'querystring must NOT have additional properties' };
+      // What a server that knows no `delta` answers: 400 INVALID_INPUT, or a refused subscribe.
+      const env: Partial<Environment> = {
+        fetch: async (input, init) => {
+          if (String(input).includes('delta=1')) {
+            refusals++;
+            return new Response(JSON.stringify({ error: refusal }), {
+              status: 400,
+              headers: { 'content-type': 'application/json' },
+            });
+          }
+          return real.fetch(input, init);
+        },
+        createSocket: (url, options) => {
+          const socket = real.createSocket(url, options);
+          const emitWithAck = socket.emitWithAck.bind(socket);
+          socket.emitWithAck = ((name: string, payload: { delta?: boolean }, ...rest: unknown[]) => {
+            if (name === 'subscribe' && payload.delta) {
+              refusals++;
+              return Promise.resolve({ ok: false, error: refusal });
+            }
+            return emitWithAck(name, payload, ...rest);
+          }) as typeof socket.emitWithAck;
+          return socket;
+        },
+      };
+      const followed = await followToTheEnd(runId, method, { openingFetch: false, env }, 4);
+      service = followed.service;
+      const seen = followed.seen;
+      expect(refusals).toBe(1);
+      expect(seen.lastState).toEqual((await fixture.world.viewer.get(`/runs/${runId}/progress`)).body);
+      expect(seen.logMessages).toEqual(['line 1', 'line 2', 'line 3', 'line 4']);
+      expect(service.getStats().fallbacks).toBe(0);
+    });
+  },
+);

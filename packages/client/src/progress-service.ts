@@ -176,7 +176,11 @@ export class ProgressService {
   private readonly openTimers = new Map<Transport, unknown>();
   /** Connecting transports of a better method than the current one, by index in `order`. */
   private readonly probes = new Map<Transport, number>();
-  private readonly hints: NetworkHints = { pollWaitS: DEFAULT_POLL_WAIT_S, keepaliveS: undefined };
+  private readonly hints: NetworkHints = {
+    pollWaitS: DEFAULT_POLL_WAIT_S,
+    keepaliveS: undefined,
+    deltaRefused: false,
+  };
   private change: ConnectionChange;
   private active: Transport | undefined;
   private pending: Transport | undefined;

@@ -43,6 +43,23 @@ export interface NetworkHints {
   pollWaitS: number;
   /** Keep-alive interval to ask of an SSE stream (`?keepalive=`); unset until a cut was seen. */
   keepaliveS: number | undefined;
+  /** The server refused the delta fields (it is older than them): whole updates from now on. */
+  deltaRefused: boolean;
+}
+
+/** Whether to ask for delta updates now: the service wants them and the server took them. */
+export function asksDelta(context: TransportContext): boolean {
+  return context.delta && !context.hints.deltaRefused;
+}
+
+/**
+ * Whether a refusal of a request that asked for deltas was a server older than them refusing the
+ * field (400 INVALID_INPUT): then deltas are asked no more, and the request is to be made again.
+ */
+export function refusedDelta(context: TransportContext, asked: boolean, code: string): boolean {
+  if (!asked || code !== 'INVALID_INPUT') return false;
+  context.hints.deltaRefused = true;
+  return true;
 }
 
 /**

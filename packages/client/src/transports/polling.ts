@@ -8,6 +8,8 @@ import {
 import { errorFromResponse, RUN_ERROR_CODES, RuncastError } from '../errors.js';
 import { HeldStates } from '../held-states.js';
 import {
+  asksDelta,
+  refusedDelta,
   requestHeaders,
   type Transport,
   type TransportContext,
@@ -62,7 +64,8 @@ async function pollOnce(
     headers['if-none-match'] = `"${since}"`;
   }
   const held = states?.get(runId);
-  if (states && context.delta) {
+  const delta = states !== undefined && asksDelta(context);
+  if (delta) {
     query.set('delta', '1');
     if (held) query.set('state_seq', String(held.seq));
   }
@@ -78,6 +81,8 @@ async function pollOnce(
   if (PROXY_CUT.has(response.status) && waitS > 0 && waitedMs >= 1000) return { kind: 'cut', waitedMs };
   if (!response.ok) {
     const error = await errorFromResponse(response);
+    // A server older than deltas: the next poll asks for the whole state, at once.
+    if (refusedDelta(context, delta, error.code)) return { kind: 'more', truncated: truncatedBefore };
     if (!RUN_ERROR_CODES.has(error.code)) throw error;
     onEvent({ run_id: runId, type: 'error', error: { code: error.code, message: error.message } });
     return { kind: 'run-error' };

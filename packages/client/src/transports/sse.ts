@@ -3,6 +3,8 @@ import { createParser, type EventSourceMessage } from 'eventsource-parser';
 import { errorFromResponse, RUN_ERROR_CODES, RuncastError } from '../errors.js';
 import { HeldStates, type ReceivedEvent } from '../held-states.js';
 import {
+  asksDelta,
+  refusedDelta,
   requestHeaders,
   type Transport,
   type TransportContext,
@@ -79,7 +81,8 @@ export class SseTransport implements Transport {
     // Asked only once a proxy was seen to cut an idle stream: an older server refuses the field.
     const keepaliveS = this.context.hints.keepaliveS;
     if (keepaliveS !== undefined) query.set('keepalive', String(keepaliveS));
-    if (this.context.delta) query.set('delta', '1');
+    const delta = asksDelta(this.context);
+    if (delta) query.set('delta', '1');
     const headers = await requestHeaders(this.context, 'sse');
     headers.accept = 'text/event-stream';
     const response = await this.context.env.fetch(`${this.context.baseUrl}/api/v1/stream?${query}`, {
@@ -97,6 +100,10 @@ export class SseTransport implements Transport {
     }
     if (!response.ok) {
       const error = await errorFromResponse(response);
+      if (refusedDelta(this.context, delta, error.code)) {
+        this.open(settle);
+        return;
+      }
       const details =
         error.code === 'RUN_NOT_FOUND' ? runIds.find((id) => error.message.includes(id)) : undefined;
       if (details && RUN_ERROR_CODES.has(error.code)) {

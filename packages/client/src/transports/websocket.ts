@@ -3,7 +3,9 @@ import type { Socket } from 'socket.io-client';
 import { RUN_ERROR_CODES, RuncastError, wireCode } from '../errors.js';
 import { HeldStates, type ReceivedEvent } from '../held-states.js';
 import {
+  asksDelta,
   currentToken,
+  refusedDelta,
   type Transport,
   type TransportContext,
   type TransportHandlers,
@@ -94,7 +96,7 @@ export class WebSocketTransport implements Transport {
     const since = this.context.cursor(runId);
     const payload: SubscribeRequest = { run_id: runId };
     if (since !== undefined) payload.since = since;
-    if (this.context.delta) payload.delta = true;
+    if (asksDelta(this.context)) payload.delta = true;
     socket
       .timeout(ACK_TIMEOUT_MS)
       .emitWithAck('subscribe', payload)
@@ -103,6 +105,9 @@ export class WebSocketTransport implements Transport {
         if (ack.ok) {
           this.deliver(ack.snapshot);
           settle?.();
+        } else if (refusedDelta(this.context, payload.delta === true, ack.error.code)) {
+          // A server older than deltas: subscribe again, for whole updates.
+          this.sendSubscribe(runId, settle);
         } else if (RUN_ERROR_CODES.has(ack.error.code)) {
           this.runs.delete(runId);
           this.handlers?.onEvent({ run_id: runId, type: 'error', error: ack.error });

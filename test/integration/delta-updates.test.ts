@@ -239,6 +239,7 @@ describe('polling with delta=1', () => {
     });
     expect(next.status).toBe(200);
     expect(next.headers.get('etag')).toBe('"3"');
+    expect(next.headers.get('content-type')).toBe('application/json');
     expect(next.body).toMatchObject({ run_id: runId, seq: 3, base_seq: 1 });
     expect(next.body.snapshot).toBeUndefined();
     expect(next.body.status).toBeUndefined();

@@ -72,6 +72,15 @@ function parseStatuses(raw: string | undefined): RunStatus[] | undefined {
   return statuses as RunStatus[];
 }
 
+/**
+ * A progress answer as `application/json` without `; charset=utf-8`, which Fastify appends to a
+ * serialized object: JSON is UTF-8 by definition (RFC 8259 defines no charset parameter), and a
+ * poller reads this header many times a second.
+ */
+function sendPollAnswer(reply: FastifyReply, body: ProgressResponse | ProgressDelta): FastifyReply {
+  return reply.header('content-type', 'application/json').send(Buffer.from(JSON.stringify(body)));
+}
+
 /** Runs: create, list, get, cancel, retry; progress (ETag, `since`, long-poll), logs and events. */
 export const runRoutes: FastifyPluginAsyncTypebox<RunRoutesOptions> = async (app, options) => {
   const { runs, policy, hub, metrics } = options;
@@ -180,7 +189,7 @@ export const runRoutes: FastifyPluginAsyncTypebox<RunRoutesOptions> = async (app
     reply: FastifyReply,
     runId: string,
     { since, longPoll, delta, stateSeq }: ProgressAsk,
-  ): Promise<ProgressResponse | ProgressDelta | FastifyReply> {
+  ): Promise<FastifyReply> {
     const replay = await runs.replay(
       runId,
       since ?? Number.MAX_SAFE_INTEGER,
@@ -208,7 +217,7 @@ export const runRoutes: FastifyPluginAsyncTypebox<RunRoutesOptions> = async (app
         if (since !== undefined) body.events = replay.events;
         if (replay.truncated) body.events_truncated = true;
         if (replay.more) body.events_more = true;
-        return body;
+        return sendPollAnswer(reply, body);
       }
     }
     const body: ProgressResponse = snapshot;
@@ -217,7 +226,7 @@ export const runRoutes: FastifyPluginAsyncTypebox<RunRoutesOptions> = async (app
       body.events_truncated = replay.truncated;
       if (replay.more) body.events_more = true;
     }
-    return body;
+    return sendPollAnswer(reply, body);
   }
 
   app.get(

@@ -1,24 +1,10 @@
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { ProgressService } from '../../packages/client/src/index.js';
 import type { ConnectionMethod } from '../../packages/client/src/types.js';
-import {
-  makeWorld,
-  startServer,
-  type TestServer,
-  type World,
-} from '../../packages/server/src/test-support/server.js';
 import { Collector, eventually } from '../support/collector.js';
+import { serverWorld } from '../support/server-world.js';
 
-let server: TestServer;
-let world: World;
-beforeAll(async () => {
-  server = await startServer();
-  world = await makeWorld(server.url);
-});
-afterAll(async () => {
-  expect(server.errorLogs).toEqual([]);
-  await server.close();
-});
+const fixture = serverWorld();
 
 describe.each<ConnectionMethod>(['websocket', 'sse', 'polling'])(
   'ProgressService over %s alone',
@@ -27,19 +13,26 @@ describe.each<ConnectionMethod>(['websocket', 'sse', 'polling'])(
     afterEach(() => service.close());
 
     it('delivers the snapshot, every log once in order, and the terminal state', async () => {
-      const created = await world.operator.post('/runs', { project_id: world.projectId, kind: 'external' });
+      const created = await fixture.world.operator.post('/runs', {
+        project_id: fixture.world.projectId,
+        kind: 'external',
+      });
       const runId: string = created.body.run_id;
-      service = new ProgressService({ baseUrl: server.url, token: world.viewer.token, transports: [method] });
+      service = new ProgressService({
+        baseUrl: fixture.server.url,
+        token: fixture.world.viewer.token,
+        transports: [method],
+      });
       const seen = new Collector();
       service.subscribeToRun(runId, (event) => seen.push(event));
       await seen.until((events) => events.length > 0);
       expect(seen.events[0]?.type).toBe('snapshot');
       // The opening snapshot may come over REST before the method has connected.
       await eventually(() => service.getConnectionMethod() === method);
-      await world.worker.patch(`/runs/${runId}/progress`, { status: 'RUNNING' });
+      await fixture.world.worker.patch(`/runs/${runId}/progress`, { status: 'RUNNING' });
       for (let i = 0; i < 20; i++)
-        await world.worker.post(`/runs/${runId}/logs`, { level: 'info', message: `line ${i}` });
-      await world.worker.patch(`/runs/${runId}/progress`, {
+        await fixture.world.worker.post(`/runs/${runId}/logs`, { level: 'info', message: `line ${i}` });
+      await fixture.world.worker.patch(`/runs/${runId}/progress`, {
         status: 'COMPLETED',
         progress: { percentage: 100 },
       });

@@ -90,7 +90,7 @@ describe('failure classification', () => {
     expect(service.getStats().fallbacks).toBe(0);
     expect(net.to('/healthz')).toHaveLength(0);
     // The cut came after 5 s without an event: later long-polls and streams stay within it.
-    expect(factory.last().context.hints).toEqual({ pollWaitS: 4, keepaliveS: 2 });
+    expect(factory.last().context.hints).toEqual({ pollWaitS: 4, keepaliveS: 2, deltaRefused: false });
   });
 
   it('counts a connection closed right after it opened against its method', async () => {

@@ -69,6 +69,16 @@ export interface ProgressServiceOptions {
   createTransport?: TransportFactory;
   /** Where errors thrown by callbacks and listeners go (they never break the service). */
   onListenerError?: (error: unknown) => void;
+  /**
+   * Ask every transport for delta updates (default true): an update carries only what changed,
+   * and is made whole before any callback sees it. `false` asks for whole snapshots.
+   */
+  deltaUpdates?: boolean;
+  /**
+   * How long a long-poll answer may wait, once an event arrived, for the events that follow at
+   * once to come in the same answer (default 100 ms; 0 answers at the first event).
+   */
+  pollLingerMs?: number;
 }
 
 /** Options of one subscription. */
@@ -120,6 +130,8 @@ const DEFAULT_RACE_AFTER_MS = 500;
 const DEFAULT_HEALTHY_AFTER_MS = 3000;
 /** Seconds a long-poll waits on the server until a proxy is seen to cut shorter ones. */
 const DEFAULT_POLL_WAIT_S = 25;
+/** What a long-poll answer waits after the first event, for those that follow it at once. */
+const DEFAULT_POLL_LINGER_MS = 100;
 const REACHABILITY_TIMEOUT_MS = 3000;
 /** Answers of a proxy whose upstream (the server) is down. */
 const GATEWAY_DOWN = new Set([502, 503, 504]);
@@ -164,7 +176,11 @@ export class ProgressService {
   private readonly openTimers = new Map<Transport, unknown>();
   /** Connecting transports of a better method than the current one, by index in `order`. */
   private readonly probes = new Map<Transport, number>();
-  private readonly hints: NetworkHints = { pollWaitS: DEFAULT_POLL_WAIT_S, keepaliveS: undefined };
+  private readonly hints: NetworkHints = {
+    pollWaitS: DEFAULT_POLL_WAIT_S,
+    keepaliveS: undefined,
+    deltaRefused: false,
+  };
   private change: ConnectionChange;
   private active: Transport | undefined;
   private pending: Transport | undefined;
@@ -427,6 +443,8 @@ export class ProgressService {
       },
       fallback,
       hints: this.hints,
+      delta: this.options.deltaUpdates !== false,
+      pollLingerMs: this.options.pollLingerMs ?? DEFAULT_POLL_LINGER_MS,
     };
   }
 

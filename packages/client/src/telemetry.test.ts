@@ -16,7 +16,9 @@ function context(fallback: TransportContext['fallback']): TransportContext {
     env: fakeEnvironment(new FakeClock()),
     cursor: () => undefined,
     fallback,
-    hints: { pollWaitS: 25, keepaliveS: undefined },
+    hints: { pollWaitS: 25, keepaliveS: undefined, deltaRefused: false },
+    delta: true,
+    pollLingerMs: 0,
   };
 }
 

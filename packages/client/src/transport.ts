@@ -25,6 +25,16 @@ export interface TransportContext {
   fallback: { from: ConnectionMethod; reason: string } | undefined;
   /** What the service learned about the network, shared by every transport it builds. */
   hints: NetworkHints;
+  /**
+   * Ask for delta updates (each transport makes them whole before handing them on); false asks
+   * for whole snapshots, as an old client does.
+   */
+  delta: boolean;
+  /**
+   * How long a long-poll answer may wait, once something arrived, for what follows at once to
+   * come with it (`linger_ms`); 0 answers at the first event.
+   */
+  pollLingerMs: number;
 }
 
 /** Limits learned from proxies that cut idle connections. */
@@ -33,6 +43,23 @@ export interface NetworkHints {
   pollWaitS: number;
   /** Keep-alive interval to ask of an SSE stream (`?keepalive=`); unset until a cut was seen. */
   keepaliveS: number | undefined;
+  /** The server refused the delta fields (it is older than them): whole updates from now on. */
+  deltaRefused: boolean;
+}
+
+/** Whether to ask for delta updates now: the service wants them and the server took them. */
+export function asksDelta(context: TransportContext): boolean {
+  return context.delta && !context.hints.deltaRefused;
+}
+
+/**
+ * Whether a refusal of a request that asked for deltas was a server older than them refusing the
+ * field (400 INVALID_INPUT): then deltas are asked no more, and the request is to be made again.
+ */
+export function refusedDelta(context: TransportContext, asked: boolean, code: string): boolean {
+  if (!asked || code !== 'INVALID_INPUT') return false;
+  context.hints.deltaRefused = true;
+  return true;
 }
 
 /**

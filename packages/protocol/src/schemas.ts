@@ -180,6 +180,59 @@ export type LogEvent = Static<typeof LogEvent>;
 export const RunEvent = Type.Union([UpdateEvent, LogEvent]);
 export type RunEvent = Static<typeof RunEvent>;
 
+/** An RFC 7396 JSON merge patch of a run snapshot: members to set, `null` for members to remove. */
+export const SnapshotPatch = Type.Record(Type.String(), Type.Unknown(), {
+  description:
+    'RFC 7396 JSON merge patch of the run snapshot: present members replace (objects merge ' +
+    'member by member, arrays are replaced whole), null removes. A change that would leave a null ' +
+    'where the snapshot had a value is never sent as a patch.',
+});
+export type SnapshotPatch = Static<typeof SnapshotPatch>;
+
+/**
+ * An update as a subscription that asked for deltas may receive it: only what changed since the
+ * state with seq `base_seq` (the subscription's last snapshot or update). A subscriber gets it
+ * only when that state is the one it holds; otherwise it gets the whole update.
+ */
+export const DeltaUpdateEvent = Type.Object({
+  run_id: Type.String(),
+  seq: Count,
+  type: Type.Literal('update'),
+  at: Timestamp,
+  /** Seq of the snapshot or update the patch applies to. */
+  base_seq: Count,
+  patch: SnapshotPatch,
+});
+export type DeltaUpdateEvent = Static<typeof DeltaUpdateEvent>;
+
+/**
+ * Query parameter `delta` of the SSE streams and of `GET /runs/{run_id}/progress`: `1` asks for
+ * delta updates, `0` (the default) for whole ones.
+ */
+export const DeltaFlag = Type.Integer({
+  minimum: 0,
+  maximum: 1,
+  description:
+    '1: updates may come as delta updates (base_seq + RFC 7396 merge patch) when the client holds ' +
+    'their base; 0 or absent: every update carries the whole snapshot.',
+});
+
+/** The delta contract of the live transports, as the API reference states it. */
+export const DELTA_STREAM_DOC =
+  'With `delta=1` (Socket.IO: `subscribe {run_id, since?, delta: true}`) an update may come as a ' +
+  'DeltaUpdateEvent `{run_id, seq, type: "update", at, base_seq, patch}`: `patch` is an RFC 7396 ' +
+  'merge patch that turns the state the subscription holds after its snapshot or update with seq ' +
+  '`base_seq` into the state at `seq`. It comes only when that is the state the subscription ' +
+  'holds: the first update after the opening snapshot, an update after one that conflation ' +
+  'skipped, one after a gap the server filled from its store, and a change a merge patch cannot ' +
+  'express (a member becoming null) come whole. A client that receives a delta of another base ' +
+  'must not apply it: it opens the run again (resumes) for a snapshot. Without `delta=1` every ' +
+  'update carries the whole snapshot.';
+
+/** What a live transport may carry once it asked for deltas: every RunEvent, or a delta update. */
+export const WireEvent = Type.Union([UpdateEvent, DeltaUpdateEvent, LogEvent]);
+export type WireEvent = Static<typeof WireEvent>;
+
 /** Opens every subscription (and follows a gap, with `events_truncated`). */
 export const SnapshotEvent = Type.Object({
   run_id: Type.String(),
@@ -201,6 +254,24 @@ export const ProgressResponse = Type.Intersect([
   }),
 ]);
 export type ProgressResponse = Static<typeof ProgressResponse>;
+
+/**
+ * Answer of `GET /runs/{run_id}/progress?delta=1&state_seq=<U>` when the server holds the state at
+ * seq U: the run's seq, and the merge patch from that state to the state now, instead of the
+ * snapshot. Otherwise the answer is a ProgressResponse.
+ */
+export const ProgressDelta = Type.Object({
+  run_id: Type.String(),
+  seq: Count,
+  /** The `state_seq` the patch applies to. */
+  base_seq: Count,
+  patch: SnapshotPatch,
+  events: Type.Optional(Type.Array(LogEvent)),
+  /** Present (true) only when the retained history no longer reaches back to `since`. */
+  events_truncated: Type.Optional(Type.Boolean()),
+  events_more: Type.Optional(Type.Boolean()),
+});
+export type ProgressDelta = Static<typeof ProgressDelta>;
 
 /** Answer of `GET /runs/{run_id}/events`. */
 export const EventsPage = Type.Object({
@@ -319,9 +390,13 @@ export const RunList = Type.Object({
 });
 export type RunList = Static<typeof RunList>;
 
-/** Socket.IO `subscribe` payload. */
+/** Socket.IO `subscribe` payload; `delta: true` asks for delta updates (DeltaUpdateEvent). */
 export const SubscribeRequest = Type.Object(
-  { run_id: RunId, since: Type.Optional(Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER })) },
+  {
+    run_id: RunId,
+    since: Type.Optional(Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER })),
+    delta: Type.Optional(Type.Boolean()),
+  },
   { additionalProperties: false },
 );
 export type SubscribeRequest = Static<typeof SubscribeRequest>;

@@ -6,7 +6,15 @@ import fastifyStatic from '@fastify/static';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
-import { TRANSPORT_HEADERS } from '@runcast/protocol';
+import {
+  DELTA_STREAM_DOC,
+  DeltaUpdateEvent,
+  ProgressDelta,
+  RunSnapshot,
+  SnapshotPatch,
+  TRANSPORT_HEADERS,
+  UpdateEvent,
+} from '@runcast/protocol';
 import Fastify, {
   type FastifyInstance,
   type FastifyReply,
@@ -278,8 +286,21 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
 
   await app.register(swagger, {
     openapi: {
-      info: { title: 'Runcast API', version: '1' },
-      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
+      info: {
+        title: 'Runcast API',
+        version: '1',
+        description:
+          'Live progress of runs over Socket.IO (`/socket.io`: `subscribe {run_id, since?, delta?}`, ' +
+          '`run_event`), Server-Sent Events (`…/stream`) and polling (`…/progress`). ' +
+          DELTA_STREAM_DOC,
+      },
+      components: {
+        securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } },
+        // As plain JSON Schema: the wire's event shapes, which no route's schema names.
+        schemas: JSON.parse(
+          JSON.stringify({ RunSnapshot, UpdateEvent, DeltaUpdateEvent, SnapshotPatch, ProgressDelta }),
+        ),
+      },
       security: [{ bearer: [] }],
       ...(basePath !== '' ? { servers: [{ url: basePath }] } : {}),
     },

@@ -1,6 +1,15 @@
-import type { LogEvent, ProgressResponse, RunSnapshot } from '@runcast/protocol';
-import { errorFromResponse, RUN_ERROR_CODES, RuncastError } from '../errors.js';
 import {
+  applyMergePatch,
+  type LogEvent,
+  type ProgressDelta,
+  type ProgressResponse,
+  type RunSnapshot,
+} from '@runcast/protocol';
+import { errorFromResponse, RUN_ERROR_CODES, RuncastError } from '../errors.js';
+import { HeldStates } from '../held-states.js';
+import {
+  asksDelta,
+  refusedDelta,
   requestHeaders,
   type Transport,
   type TransportContext,
@@ -29,7 +38,9 @@ type PollOutcome =
  * One `GET /runs/{id}/progress?since=<seq>&wait=<s>` with `If-None-Match`, its answer handed to
  * `onEvent` in the contract's order: the missed logs, then the state at the run's seq (as a
  * snapshot; the service turns it into an update when it is not the first). A gap reported on an
- * earlier page (`truncatedBefore`) is announced with the state. Throws on any other failure.
+ * earlier page (`truncatedBefore`) is announced with the state. With `states` (the polling
+ * transport's), it asks for the state as a delta of the one held (`delta=1&state_seq=`) and for
+ * what follows the first event at once to come with it (`linger_ms`). Throws on any other failure.
  */
 async function pollOnce(
   context: TransportContext,
@@ -39,18 +50,29 @@ async function pollOnce(
   signal: AbortSignal,
   onEvent: (event: ProgressEvent) => void,
   reportAs: 'polling' | null = 'polling',
+  states?: HeldStates,
 ): Promise<PollOutcome> {
   const since = context.cursor(runId);
   const query = new URLSearchParams();
   const headers = await requestHeaders(context, reportAs);
   if (since !== undefined) {
     query.set('since', String(since));
-    if (waitS > 0) query.set('wait', String(waitS));
+    if (waitS > 0) {
+      query.set('wait', String(waitS));
+      if (states && context.pollLingerMs > 0) query.set('linger_ms', String(context.pollLingerMs));
+    }
     headers['if-none-match'] = `"${since}"`;
   }
+  const held = states?.get(runId);
+  const delta = states !== undefined && asksDelta(context);
+  if (delta) {
+    query.set('delta', '1');
+    if (held) query.set('state_seq', String(held.seq));
+  }
+  const search = query.toString();
   const startedMs = context.env.now();
   const response = await context.env.fetch(
-    `${context.baseUrl}/api/v1/runs/${encodeURIComponent(runId)}/progress${since === undefined ? '' : `?${query}`}`,
+    `${context.baseUrl}/api/v1/runs/${encodeURIComponent(runId)}/progress${search ? `?${search}` : ''}`,
     { headers, credentials: 'include', cache: 'no-store', signal },
   );
   if (response.status === 304) return { kind: 'unchanged' };
@@ -59,25 +81,39 @@ async function pollOnce(
   if (PROXY_CUT.has(response.status) && waitS > 0 && waitedMs >= 1000) return { kind: 'cut', waitedMs };
   if (!response.ok) {
     const error = await errorFromResponse(response);
+    // A server older than deltas: the next poll asks for the whole state, at once.
+    if (refusedDelta(context, delta, error.code)) return { kind: 'more', truncated: truncatedBefore };
     if (!RUN_ERROR_CODES.has(error.code)) throw error;
     onEvent({ run_id: runId, type: 'error', error: { code: error.code, message: error.message } });
     return { kind: 'run-error' };
   }
-  const body = (await response.json()) as ProgressResponse;
+  const body = (await response.json()) as ProgressResponse | ProgressDelta;
   if (signal.aborted) return { kind: 'unchanged' };
-  const { events, events_truncated, events_more, ...snapshot } = body;
-  for (const event of (events ?? []) as LogEvent[]) onEvent(event);
-  const truncated = truncatedBefore || events_truncated === true;
-  if (events_more) return { kind: 'more', truncated };
+  for (const event of (body.events ?? []) as LogEvent[]) onEvent(event);
+  const truncated = truncatedBefore || body.events_truncated === true;
+  if (body.events_more) return { kind: 'more', truncated };
+  let snapshot: RunSnapshot;
+  if ('patch' in body) {
+    if (held?.seq !== body.base_seq) {
+      // Not a delta of the state held: never guessed at; the next poll asks for the whole state.
+      states?.forget(runId);
+      return { kind: 'more', truncated };
+    }
+    snapshot = applyMergePatch(held.snapshot, body.patch) as RunSnapshot;
+  } else {
+    const { events: _events, events_truncated: _truncated, events_more: _more, ...whole } = body;
+    snapshot = whole as RunSnapshot;
+  }
+  states?.hold(runId, snapshot.seq, snapshot);
   onEvent({
     run_id: runId,
     seq: snapshot.seq,
     type: 'snapshot',
     at: new Date(context.env.now()).toISOString(),
-    snapshot: snapshot as RunSnapshot,
+    snapshot,
     ...(truncated ? { events_truncated: true } : {}),
   });
-  return { kind: 'state', terminal: TERMINAL.has(body.status) };
+  return { kind: 'state', terminal: TERMINAL.has(snapshot.status) };
 }
 
 /**
@@ -111,6 +147,8 @@ export class PollingTransport implements Transport {
   private closed = false;
   private opened = false;
   private settle: ((error?: RuncastError) => void) | undefined;
+  /** Each run's state as the last answer left it, which the next answer may be a delta of. */
+  private readonly states = new HeldStates();
 
   constructor(private readonly context: TransportContext) {}
 
@@ -147,6 +185,7 @@ export class PollingTransport implements Transport {
   unsubscribe(runId: string): void {
     this.loops.get(runId)?.abort();
     this.loops.delete(runId);
+    this.states.forget(runId);
   }
 
   /** The loop reads the cursor before every poll: the next one resumes from it anyway. */
@@ -164,7 +203,16 @@ export class PollingTransport implements Transport {
     while (!controller.signal.aborted) {
       const startedMs = this.context.env.now();
       const waited = wait > 0;
-      const outcome = await pollOnce(this.context, runId, wait, truncated, controller.signal, onEvent);
+      const outcome = await pollOnce(
+        this.context,
+        runId,
+        wait,
+        truncated,
+        controller.signal,
+        onEvent,
+        'polling',
+        this.states,
+      );
       if (controller.signal.aborted) return;
       wait = hints.pollWaitS;
       switch (outcome.kind) {

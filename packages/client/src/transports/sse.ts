@@ -1,7 +1,10 @@
 import { SSE_RUN_ERROR } from '@runcast/protocol';
 import { createParser, type EventSourceMessage } from 'eventsource-parser';
 import { errorFromResponse, RUN_ERROR_CODES, RuncastError } from '../errors.js';
+import { HeldStates, type ReceivedEvent } from '../held-states.js';
 import {
+  asksDelta,
+  refusedDelta,
   requestHeaders,
   type Transport,
   type TransportContext,
@@ -78,6 +81,8 @@ export class SseTransport implements Transport {
     // Asked only once a proxy was seen to cut an idle stream: an older server refuses the field.
     const keepaliveS = this.context.hints.keepaliveS;
     if (keepaliveS !== undefined) query.set('keepalive', String(keepaliveS));
+    const delta = asksDelta(this.context);
+    if (delta) query.set('delta', '1');
     const headers = await requestHeaders(this.context, 'sse');
     headers.accept = 'text/event-stream';
     const response = await this.context.env.fetch(`${this.context.baseUrl}/api/v1/stream?${query}`, {
@@ -95,6 +100,10 @@ export class SseTransport implements Transport {
     }
     if (!response.ok) {
       const error = await errorFromResponse(response);
+      if (refusedDelta(this.context, delta, error.code)) {
+        this.open(settle);
+        return;
+      }
       const details =
         error.code === 'RUN_NOT_FOUND' ? runIds.find((id) => error.message.includes(id)) : undefined;
       if (details && RUN_ERROR_CODES.has(error.code)) {
@@ -111,6 +120,10 @@ export class SseTransport implements Transport {
     }
     if (!response.body) throw new RuncastError('NO_BODY', 'the stream has no body');
     let first = true;
+    // Each stream opens every run with a snapshot: what an earlier stream held does not count.
+    const states = new HeldStates();
+    // A delta that did not apply: the stream is opened again, for a snapshot of every run.
+    const reopen = () => this.scheduleReopen();
     const parser = createParser({
       onEvent: (message: EventSourceMessage) => {
         if (generation !== this.generation) return;
@@ -127,7 +140,8 @@ export class SseTransport implements Transport {
           return;
         }
         if (message.event !== 'snapshot' && message.event !== 'update' && message.event !== 'log') return;
-        const event = JSON.parse(message.data) as ProgressEvent;
+        const event = states.take(JSON.parse(message.data) as ReceivedEvent, reopen);
+        if (!event) return;
         if (event.type === 'snapshot' && first) {
           first = false;
           this.opened = true;

@@ -1,14 +1,16 @@
-import type { SubscribeAck } from '@runcast/protocol';
+import type { SubscribeAck, SubscribeRequest } from '@runcast/protocol';
 import type { Socket } from 'socket.io-client';
 import { RUN_ERROR_CODES, RuncastError, wireCode } from '../errors.js';
+import { HeldStates, type ReceivedEvent } from '../held-states.js';
 import {
+  asksDelta,
   currentToken,
+  refusedDelta,
   type Transport,
   type TransportContext,
   type TransportHandlers,
   takeFallback,
 } from '../transport.js';
-import type { ProgressEvent } from '../types.js';
 
 const ACK_TIMEOUT_MS = 15_000;
 
@@ -21,10 +23,20 @@ export class WebSocketTransport implements Transport {
   private socket: Socket | undefined;
   private handlers: TransportHandlers | undefined;
   private readonly runs = new Set<string>();
+  /** Each run's state on this socket, which its delta updates apply to. */
+  private readonly states = new HeldStates();
   private closed = false;
   private opened = false;
+  /** A delta that did not apply: the run is opened again, for a snapshot. */
+  private readonly resubscribe = (runId: string): void => this.resume(runId);
 
   constructor(private readonly context: TransportContext) {}
+
+  /** Hands an event on, a delta made whole; one that does not apply asks for a snapshot instead. */
+  private deliver(event: ReceivedEvent): void {
+    const whole = this.states.take(event, this.resubscribe);
+    if (whole) this.handlers?.onEvent(whole);
+  }
 
   async connect(runIds: readonly string[], handlers: TransportHandlers): Promise<void> {
     this.handlers = handlers;
@@ -70,7 +82,7 @@ export class WebSocketTransport implements Transport {
         if (!settled) settle(error);
         else if (wasOpen) this.handlers?.onClose(error);
       });
-      socket.on('run_event', (event: ProgressEvent) => this.handlers?.onEvent(event));
+      socket.on('run_event', (event: ReceivedEvent) => this.deliver(event));
       socket.on('connect', () => {
         if (this.runs.size === 0) settle();
         for (const runId of this.runs) this.sendSubscribe(runId, settle);
@@ -82,15 +94,20 @@ export class WebSocketTransport implements Transport {
     const socket = this.socket;
     if (!socket) return;
     const since = this.context.cursor(runId);
-    const payload = since === undefined ? { run_id: runId } : { run_id: runId, since };
+    const payload: SubscribeRequest = { run_id: runId };
+    if (since !== undefined) payload.since = since;
+    if (asksDelta(this.context)) payload.delta = true;
     socket
       .timeout(ACK_TIMEOUT_MS)
       .emitWithAck('subscribe', payload)
       .then((ack: SubscribeAck) => {
         if (!this.runs.has(runId) || this.closed) return;
         if (ack.ok) {
-          this.handlers?.onEvent(ack.snapshot);
+          this.deliver(ack.snapshot);
           settle?.();
+        } else if (refusedDelta(this.context, payload.delta === true, ack.error.code)) {
+          // A server older than deltas: subscribe again, for whole updates.
+          this.sendSubscribe(runId, settle);
         } else if (RUN_ERROR_CODES.has(ack.error.code)) {
           this.runs.delete(runId);
           this.handlers?.onEvent({ run_id: runId, type: 'error', error: ack.error });
@@ -122,6 +139,7 @@ export class WebSocketTransport implements Transport {
 
   unsubscribe(runId: string): void {
     if (!this.runs.delete(runId)) return;
+    this.states.forget(runId);
     if (this.socket?.connected) this.socket.emit('unsubscribe', { run_id: runId });
   }
 

@@ -1,9 +1,22 @@
-import type { RunEvent, SnapshotEvent } from '@runcast/protocol';
+import {
+  type DeltaUpdateEvent,
+  type JsonObject,
+  mergePatchDiff,
+  type RunEvent,
+  type RunSnapshot,
+  type SnapshotEvent,
+} from '@runcast/protocol';
 
 const CRLF = Buffer.from('\r\n');
 
 /** A frame for the client, in the form each transport writes. */
-export type Frame = RunEvent | SnapshotEvent;
+export type Frame = RunEvent | SnapshotEvent | DeltaUpdateEvent;
+
+/** The state an update follows: the room's previous update, which a delta is computed against. */
+export interface BaseState {
+  seq: number;
+  snapshot: RunSnapshot;
+}
 
 /**
  * One event and its encodings, each computed at most once per broadcast and shared by every
@@ -23,16 +36,55 @@ export class EncodedEvent {
   private sseHttpChunk: Buffer | undefined;
   /** The Socket.IO gateway's WebSocket frame of this event, built by the gateway on first use. */
   socketFrame: readonly Buffer[] | undefined = undefined;
+  /** Seq of the state this update's delta applies to; -1 when it has none. */
+  readonly baseSeq: number;
+  private deltaForm: EncodedEvent | null | undefined;
 
   constructor(
     readonly event: Frame,
     terminal = false,
+    /** For an update: the state it follows, when the Hub knows it (the delta is computed against it). */
+    private base?: BaseState,
+    committedAtMs?: number,
   ) {
     this.runId = event.run_id;
     this.seq = event.seq;
     this.isUpdate = event.type === 'update';
     this.isTerminal = terminal;
-    this.committedAtMs = Date.parse(event.at);
+    this.committedAtMs = committedAtMs ?? Date.parse(event.at);
+    this.baseSeq = base && this.isUpdate ? base.seq : -1;
+  }
+
+  /**
+   * This update as a delta (`base_seq` and the merge patch from the base state), encoded like any
+   * event and shared by every subscriber that holds the base; undefined when there is no base or
+   * no merge patch can express the change. Computed on first use.
+   */
+  get delta(): EncodedEvent | undefined {
+    if (this.deltaForm === undefined) {
+      this.deltaForm = null;
+      const base = this.base;
+      const event = this.event;
+      this.base = undefined; // the base state is not needed once the patch is made
+      if (base && event.type === 'update' && 'snapshot' in event) {
+        const patch = mergePatchDiff(
+          base.snapshot as unknown as JsonObject,
+          event.snapshot as unknown as JsonObject,
+        );
+        if (patch) {
+          const frame: DeltaUpdateEvent = {
+            run_id: event.run_id,
+            seq: event.seq,
+            type: 'update',
+            at: event.at,
+            base_seq: base.seq,
+            patch,
+          };
+          this.deltaForm = new EncodedEvent(frame, this.isTerminal, undefined, this.committedAtMs);
+        }
+      }
+    }
+    return this.deltaForm ?? undefined;
   }
 
   get json(): string {

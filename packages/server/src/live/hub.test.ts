@@ -1,11 +1,14 @@
-import type { RunEvent, SnapshotEvent } from '@runcast/protocol';
+import { applyMergePatch, type RunEvent, type SnapshotEvent } from '@runcast/protocol';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { Principal } from '../auth/principal.js';
 import type { BusMessage } from '../bus/bus.js';
 import { MemoryBus } from '../bus/memory.js';
 import { Metrics } from '../metrics.js';
 import { RunService } from '../runs/run-service.js';
-import { SqliteStore } from '../store/sqlite.js';
+import { toSnapshot } from '../runs/snapshot.js';
+import type { SqliteStore } from '../store/sqlite.js';
+import type { RunRecord } from '../store/store.js';
+import { type HubWorld, hubWorld } from '../test-support/hub-world.js';
 import type { EncodedEvent } from './encoded-event.js';
 import { Hub, type Opening } from './hub.js';
 import type { DisconnectReason, RunFailure, Sink } from './subscriber.js';
@@ -80,26 +83,13 @@ describe('Hub', () => {
   let hub: Hub;
   let runId: string;
 
+  let world: HubWorld;
+
   beforeEach(async () => {
-    store = new SqliteStore({ file: ':memory:', eventRetention: 100 });
-    const bus = new MemoryBus();
-    runs = new RunService(store, bus);
-    hub = new Hub(bus, runs, new Metrics(), { maxQueuedBytes: 1_000_000 });
-    const at = new Date().toISOString();
-    await store.createUser({
-      user_id: 'usr_1',
-      username: 'u',
-      role: 'admin',
-      password_hash: 'x',
-      created_at: at,
-    });
-    await store.createProject({ project_id: 'prj_1', name: 'p', created_by: 'usr_1', created_at: at });
-    runId = (await runs.create({ project_id: 'prj_1', kind: 'external', created_by: 'usr_1' })).run_id;
+    world = await hubWorld();
+    ({ store, runs, hub, runId } = world);
   });
-  afterEach(async () => {
-    hub.close();
-    await store.close();
-  });
+  afterEach(() => world.close());
 
   async function subscribed(transport: 'websocket' | 'sse', since?: number) {
     const sink = new RecordingSink(transport);
@@ -491,8 +481,11 @@ describe('Hub', () => {
           const sink = new RecordingSink(transport as 'websocket' | 'sse');
           return { sink, subscriber: chaotic.attach(sink) };
         });
-        for (const { subscriber } of sinks) {
-          await chaotic.open(subscriber, run.run_id, 0, new RecordingOpening().asOpening());
+        // The last one takes deltas: each must apply to the state it holds.
+        for (const [index, { subscriber }] of sinks.entries()) {
+          await chaotic.open(subscriber, run.run_id, 0, new RecordingOpening().asOpening(), {
+            delta: index === sinks.length - 1,
+          });
         }
         await unreliable.updateProgress(run.run_id, { status: 'RUNNING' });
         const logs = 300;
@@ -511,9 +504,18 @@ describe('Hub', () => {
           expect(new Set(seqs).size).toBe(seqs.length);
           const messages = sink.events.flatMap((e) => (e.event.type === 'log' ? [e.event.log.message] : []));
           expect(messages).toEqual(Array.from({ length: logs }, (_, i) => `line ${i}`));
-          const last = sink.events[sink.events.length - 1]?.event;
-          expect(last?.type === 'update' && last.snapshot.status).toBe('COMPLETED');
+          let state: { seq: number; snapshot: unknown } | undefined;
+          for (const { event } of sink.events) {
+            if ('patch' in event) {
+              expect(event.base_seq).toBe(state?.seq);
+              state = { seq: event.seq, snapshot: applyMergePatch(state?.snapshot, event.patch) };
+            } else if ('snapshot' in event) {
+              state = { seq: event.seq, snapshot: event.snapshot };
+            }
+          }
+          expect(state?.snapshot).toEqual(toSnapshot((await unreliable.get(run.run_id)) as RunRecord));
         }
+        expect(sinks[2]?.sink.events.some(({ event }) => 'patch' in event)).toBe(true);
         expect(bus.dropped).toBeGreaterThan(20);
         expect(bus.reordered).toBeGreaterThan(20);
       } finally {

@@ -5,7 +5,7 @@ import { AppError } from '../errors.js';
 import type { Metrics, TransportName } from '../metrics.js';
 import { toSnapshot } from '../runs/snapshot.js';
 import type { RunRecord, RunReplay } from '../store/store.js';
-import { EncodedEvent } from './encoded-event.js';
+import { type BaseState, EncodedEvent } from './encoded-event.js';
 import { FlushPacer } from './flush-pacer.js';
 import { type OpeningToken, type Sink, Subscriber, type SubscriberHooks } from './subscriber.js';
 
@@ -60,6 +60,12 @@ export interface Opening {
   snapshot(event: SnapshotEvent, live: boolean): void;
   /** Sends what `logs` and `snapshot` buffered; called before the Hub waits, and at the end. */
   flush?(): void;
+}
+
+/** How a subscription is opened. */
+export interface OpenOptions {
+  /** Updates may go out as deltas (DeltaUpdateEvent) when the client holds their base. */
+  delta?: boolean;
 }
 
 interface Waiter {
@@ -136,6 +142,12 @@ interface Room {
   refill: boolean;
   /** Messages may have been lost: the next fill reads the store even with nothing held. */
   stale: boolean;
+  /**
+   * The last update fanned out, when every seq since it went out as the event committed: the
+   * state the next update's delta is computed against. Unset after a gap this node filled
+   * without the events (a synthesized update is the state as read, not as it was at its seq).
+   */
+  state: BaseState | undefined;
 }
 
 /** The directory changes that may end someone's access. */
@@ -241,6 +253,7 @@ export class Hub implements SubscriberHooks {
     runId: string,
     since: number | undefined,
     opening: Opening,
+    options: OpenOptions = {},
   ): Promise<RunRecord | undefined> {
     const openingNow = this.openings.get(subscriber) ?? 0;
     const maxOpenings = this.options.maxOpeningsPerConnection ?? MAX_OPENINGS_PER_CONNECTION;
@@ -257,7 +270,7 @@ export class Hub implements SubscriberHooks {
     }
     this.openings.set(subscriber, openingNow + 1);
     try {
-      return await this.replayInPages(subscriber, runId, since, opening);
+      return await this.replayInPages(subscriber, runId, since, opening, options.delta === true);
     } finally {
       const left = (this.openings.get(subscriber) ?? 1) - 1;
       if (left > 0) this.openings.set(subscriber, left);
@@ -270,6 +283,7 @@ export class Hub implements SubscriberHooks {
     runId: string,
     since: number | undefined,
     writer: Opening,
+    delta: boolean,
   ): Promise<RunRecord | undefined> {
     const token = this.join(subscriber, runId);
     const limit = this.options.replayPageEvents ?? PAGE_EVENTS;
@@ -304,7 +318,7 @@ export class Hub implements SubscriberHooks {
         writer.flush?.();
         // The first opening of a room tells it where the run stands.
         if (room && room.deliveredSeq === undefined) this.startDelivery(runId, room, page.run.seq);
-        if (live) subscriber.openRun(runId, page.run.seq);
+        if (live) subscriber.openRun(runId, page.run.seq, delta);
         else this.leave(subscriber, runId);
         return page.run;
       }
@@ -513,16 +527,27 @@ export class Hub implements SubscriberHooks {
     for (const set of [...this.waiters.values()]) for (const waiter of [...set]) waiter.wake();
   }
 
-  private fanOut(room: Room, event: RunEvent): void {
+  /**
+   * Encodes `event` once and hands it to every subscriber of the room. An update carries the
+   * room's previous state as its delta's base; a synthesized one (`asRead`) is no base for the
+   * next.
+   */
+  private fanOut(room: Room, event: RunEvent, asRead = false): void {
     room.deliveredSeq = event.seq;
-    const terminal = event.type === 'update' && isTerminal(event.snapshot.status);
-    const encoded = new EncodedEvent(event, terminal);
+    let encoded: EncodedEvent;
+    if (event.type === 'update') {
+      encoded = new EncodedEvent(event, isTerminal(event.snapshot.status), room.state);
+      room.state = asRead ? undefined : { seq: event.seq, snapshot: event.snapshot };
+    } else {
+      encoded = new EncodedEvent(event);
+    }
     for (const subscriber of room.subscribers) subscriber.push(encoded);
   }
 
   /** The first opening read the run at `seq`: delivery starts there. */
   private startDelivery(runId: string, room: Room, seq: number): void {
     room.deliveredSeq = seq;
+    room.state = undefined;
     this.releaseHeld(runId, room);
   }
 
@@ -607,10 +632,15 @@ export class Hub implements SubscriberHooks {
     for (let seq = from + 1; seq <= upTo; seq++) {
       const event = room.held.get(seq) ?? read.get(seq);
       room.held.delete(seq);
-      if (event) this.fanOut(room, event);
-      else if (seq === missing && !stateLater) {
+      if (event) {
+        this.fanOut(room, event);
+        continue;
+      }
+      // An update this node never had: what followed it has no known state to be a delta of.
+      room.state = undefined;
+      if (seq === missing && !stateLater) {
         const snapshot = { ...toSnapshot(run), seq };
-        this.fanOut(room, { run_id: run.run_id, seq, type: 'update', at: run.updated_at, snapshot });
+        this.fanOut(room, { run_id: run.run_id, seq, type: 'update', at: run.updated_at, snapshot }, true);
       }
     }
     room.deliveredSeq = Math.max(room.deliveredSeq ?? 0, upTo);
@@ -700,6 +730,7 @@ export class Hub implements SubscriberHooks {
         filling: false,
         refill: false,
         stale: false,
+        state: undefined,
       };
       this.rooms.set(runId, room);
     }

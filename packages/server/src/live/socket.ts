@@ -225,10 +225,13 @@ export function attachSocketGateway(httpServer: HttpServer, options: SocketGatew
     socket.on(SOCKET_EVENTS.subscribe, (payload: unknown, ack: unknown) => {
       const answer = typeof ack === 'function' ? (ack as (reply: SubscribeAck) => void) : () => {};
       if (!validSubscribe.Check(payload)) {
-        answer({ ok: false, error: { code: 'INVALID_INPUT', message: 'subscribe takes {run_id, since?}' } });
+        answer({
+          ok: false,
+          error: { code: 'INVALID_INPUT', message: 'subscribe takes {run_id, since?, delta?}' },
+        });
         return;
       }
-      const { run_id, since } = payload;
+      const { run_id, since, delta } = payload;
       // Checked again at every subscribe: credentials that ended since the handshake open nothing.
       authenticator
         .authenticate(socket.data.credentials)
@@ -237,11 +240,17 @@ export function attachSocketGateway(httpServer: HttpServer, options: SocketGatew
           return policy.requireRun(principal, run_id);
         })
         .then(() =>
-          hub.open(subscriber, run_id, since, {
-            // First the missed logs, then the snapshot (the ack), then live events.
-            logs: (events) => sink.write(events),
-            snapshot: (event) => answer({ ok: true, snapshot: event }),
-          }),
+          hub.open(
+            subscriber,
+            run_id,
+            since,
+            {
+              // First the missed logs, then the snapshot (the ack), then live events.
+              logs: (events) => sink.write(events),
+              snapshot: (event) => answer({ ok: true, snapshot: event }),
+            },
+            { delta: delta === true },
+          ),
         )
         .catch((err: unknown) => answer(refusal(err)));
     });

@@ -1,7 +1,7 @@
 import type { ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
-import { isTerminal, RunId, SSE_RUN_ERROR } from '@runcast/protocol';
+import { DELTA_STREAM_DOC, DeltaFlag, isTerminal, RunId, SSE_RUN_ERROR } from '@runcast/protocol';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { Type } from 'typebox';
 import { requirePrincipal } from '../auth/plugin.js';
@@ -280,6 +280,7 @@ export const sseRoutes: FastifyPluginAsyncTypebox<SseOptions> = async (app, opti
     cursors: Map<string, number | undefined>,
     multiplexed: boolean,
     keepaliveS: number | undefined,
+    delta: boolean,
   ): Promise<unknown> {
     metrics.recordClientHeaders(request.headers);
     const finished = (run: RunRecord) => {
@@ -320,7 +321,7 @@ export const sseRoutes: FastifyPluginAsyncTypebox<SseOptions> = async (app, opti
     for (const run of pending) sink.follow(run.run_id);
     for (const run of pending) {
       try {
-        await hub.open(subscriber, run.run_id, cursors.get(run.run_id), opening);
+        await hub.open(subscriber, run.run_id, cursors.get(run.run_id), opening, { delta });
       } catch (err) {
         if (subscriber.isClosed) break;
         opening.flush?.();
@@ -342,10 +343,12 @@ export const sseRoutes: FastifyPluginAsyncTypebox<SseOptions> = async (app, opti
           {
             since: Type.Optional(Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER })),
             keepalive: KEEPALIVE_QUERY,
+            delta: Type.Optional(DeltaFlag),
           },
           { additionalProperties: false },
         ),
         tags: ['live'],
+        description: `One run's events as Server-Sent Events: the logs missed after Last-Event-ID (or \`since\`), a whole \`snapshot\`, then live \`update\` and \`log\` events. ${DELTA_STREAM_DOC}`,
       },
     },
     async (request, reply) => {
@@ -361,6 +364,7 @@ export const sseRoutes: FastifyPluginAsyncTypebox<SseOptions> = async (app, opti
         new Map([[run_id, since]]),
         false,
         request.query.keepalive,
+        request.query.delta === 1,
       );
     },
   );
@@ -374,10 +378,12 @@ export const sseRoutes: FastifyPluginAsyncTypebox<SseOptions> = async (app, opti
             runs: Type.String({ minLength: 1, maxLength: 4000 }),
             since: Type.Optional(Type.String({ maxLength: 5000 })),
             keepalive: KEEPALIVE_QUERY,
+            delta: Type.Optional(DeltaFlag),
           },
           { additionalProperties: false },
         ),
         tags: ['live'],
+        description: `Many runs' events on one stream; ids and \`since\` are \`<run_id>:<seq>,…\`. ${DELTA_STREAM_DOC} The base is per run.`,
       },
     },
     async (request, reply) => {
@@ -403,6 +409,7 @@ export const sseRoutes: FastifyPluginAsyncTypebox<SseOptions> = async (app, opti
         new Map(runIds.map((id) => [id, given.get(id)])),
         true,
         request.query.keepalive,
+        request.query.delta === 1,
       );
     },
   );

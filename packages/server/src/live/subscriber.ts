@@ -62,6 +62,13 @@ interface RunState {
   /** This run's update still waiting in the queue, if any, and its index there. */
   pending: EncodedEvent | undefined;
   pendingAt: number;
+  /** The subscription asked for delta updates. */
+  delta: boolean;
+  /**
+   * Seq of the last update written, the state the client holds; -1 until one is (the opening
+   * snapshot is no base: the first update after it goes out whole).
+   */
+  stateSeq: number;
 }
 
 /**
@@ -82,6 +89,8 @@ export class Subscriber {
   private queuedBytes = 0;
   private earlyBytes = 0;
   private closed = false;
+  /** Runs whose subscription asked for delta updates (a flush looks at run states only then). */
+  private deltaRuns = 0;
   /** Openings waiting for the connection to take more (see `whenWritable`). */
   private writableWaiters: ((writable: boolean) => void)[] = [];
 
@@ -138,7 +147,15 @@ export class Subscriber {
   addRun(runId: string): OpeningToken {
     let state = this.runs.get(runId);
     if (!state) {
-      state = { open: false, lastSeq: -1, early: [], pending: undefined, pendingAt: -1 };
+      state = {
+        open: false,
+        lastSeq: -1,
+        early: [],
+        pending: undefined,
+        pendingAt: -1,
+        delta: false,
+        stateSeq: -1,
+      };
       this.runs.set(runId, state);
     }
     return state;
@@ -146,13 +163,18 @@ export class Subscriber {
 
   /**
    * The opening (replay and snapshot at `seq`) has been written: events held since `addRun`
-   * with seq > `seq` are queued, older ones dropped.
+   * with seq > `seq` are queued, older ones dropped. With `delta`, an update goes out as a delta
+   * whenever the client holds the state it applies to.
    */
-  openRun(runId: string, seq: number): void {
+  openRun(runId: string, seq: number, delta = false): void {
     const state = this.runs.get(runId);
     if (!state || state.open) return;
     state.open = true;
     state.lastSeq = seq;
+    if (delta) {
+      state.delta = true;
+      this.deltaRuns++;
+    }
     const early = state.early;
     state.early = [];
     for (const event of early) {
@@ -165,6 +187,7 @@ export class Subscriber {
     const state = this.runs.get(runId);
     if (!state) return false;
     this.runs.delete(runId);
+    if (state.delta) this.deltaRuns--;
     this.dropPending(state);
     for (const event of state.early) this.earlyBytes -= event.size;
     // Whatever of the run is still queued stays unwritten: the subscription is over.
@@ -256,6 +279,7 @@ export class Subscriber {
     if (holes > 0) closeHoles(queue);
     // No holes are left.
     const events = queue as EncodedEvent[];
+    if (this.deltaRuns > 0) this.chooseForms(events);
     if (events.length > 0) {
       this.sink.write(events);
       this.hooks.onWritten(this, events);
@@ -269,6 +293,23 @@ export class Subscriber {
     queue.length = 0;
     this.spare = queue;
     if (this.queue.length === 0 && !this.sink.isBusy()) this.wakeWritable(true);
+  }
+
+  /**
+   * Puts the delta form in place of each update whose run asked for deltas and whose client holds
+   * the state the delta applies to; any other update (the first after the opening, one after an
+   * update conflation skipped, one the Hub has no base for) stays whole.
+   */
+  private chooseForms(events: EncodedEvent[]): void {
+    for (let i = 0; i < events.length; i++) {
+      const event = events[i] as EncodedEvent;
+      if (!event.isUpdate) continue;
+      const state = this.runs.get(event.runId);
+      if (!state?.delta) continue;
+      const delta = event.baseSeq === state.stateSeq ? event.delta : undefined;
+      if (delta) events[i] = delta;
+      state.stateSeq = event.seq;
+    }
   }
 
   /** Ends the connection (idempotent). */

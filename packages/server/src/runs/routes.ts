@@ -1,11 +1,13 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import {
   CreateRun,
+  DeltaFlag,
   IDEMPOTENCY_KEY_HEADER,
   IdempotencyHeaders,
   isTerminal,
   type LogEntry,
   LogsBody,
+  type ProgressDelta,
   type ProgressResponse,
   ProgressUpdate,
   ProjectId,
@@ -21,6 +23,7 @@ import type { Principal } from '../auth/principal.js';
 import { AppError } from '../errors.js';
 import type { Hub } from '../live/hub.js';
 import type { Metrics } from '../metrics.js';
+import { RecentStates } from './recent-states.js';
 import type { RunService } from './run-service.js';
 import { toSnapshot } from './snapshot.js';
 
@@ -35,6 +38,8 @@ export interface RunRoutesOptions {
 const RunParams = Type.Object({ run_id: RunId });
 const Seq = Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER });
 const MAX_WAIT_S = 30;
+/** Longest `linger_ms` a long-poll may ask for. */
+const MAX_LINGER_MS = 1000;
 /**
  * Most bytes of events in one answer (`/events`, `/progress?since=`): a run of large logs is read
  * a page at a time (`events_more`, `next_since`) instead of one body the size of its history.
@@ -65,6 +70,15 @@ function parseStatuses(raw: string | undefined): RunStatus[] | undefined {
     }
   }
   return statuses as RunStatus[];
+}
+
+/**
+ * A progress answer as `application/json` without `; charset=utf-8`, which Fastify appends to a
+ * serialized object: JSON is UTF-8 by definition (RFC 8259 defines no charset parameter), and a
+ * poller reads this header many times a second.
+ */
+function sendPollAnswer(reply: FastifyReply, body: ProgressResponse | ProgressDelta): FastifyReply {
+  return reply.header('content-type', 'application/json').send(Buffer.from(JSON.stringify(body)));
 }
 
 /** Runs: create, list, get, cancel, retry; progress (ETag, `since`, long-poll), logs and events. */
@@ -136,17 +150,46 @@ export const runRoutes: FastifyPluginAsyncTypebox<RunRoutesOptions> = async (app
   );
 
   const progressQuery = Type.Object(
-    { since: Type.Optional(Seq), wait: Type.Optional(Type.Integer({ minimum: 0, maximum: MAX_WAIT_S })) },
+    {
+      since: Type.Optional(Seq),
+      wait: Type.Optional(Type.Integer({ minimum: 0, maximum: MAX_WAIT_S })),
+      delta: Type.Optional(DeltaFlag),
+      state_seq: Type.Optional(
+        Type.Integer({
+          minimum: 0,
+          maximum: Number.MAX_SAFE_INTEGER,
+          description: 'With delta=1: the seq of the state the client holds (its last answer).',
+        }),
+      ),
+      linger_ms: Type.Optional(
+        Type.Integer({
+          minimum: 0,
+          maximum: MAX_LINGER_MS,
+          description:
+            'With wait: once an event arrived, wait this much longer (within the deadline) so ' +
+            'that the events following it at once come in the same answer.',
+        }),
+      ),
+    },
     { additionalProperties: false },
   );
+  const recentStates = new RecentStates();
+
+  /** What a progress answer is asked for. */
+  interface ProgressAsk {
+    since: number | undefined;
+    longPoll: boolean;
+    /** `delta=1`: the state may come as a patch of the one at `stateSeq`. */
+    delta: boolean;
+    stateSeq: number | undefined;
+  }
 
   async function answerProgress(
     request: FastifyRequest,
     reply: FastifyReply,
     runId: string,
-    since: number | undefined,
-    longPoll: boolean,
-  ): Promise<ProgressResponse | FastifyReply> {
+    { since, longPoll, delta, stateSeq }: ProgressAsk,
+  ): Promise<FastifyReply> {
     const replay = await runs.replay(
       runId,
       since ?? Number.MAX_SAFE_INTEGER,
@@ -159,24 +202,57 @@ export const runRoutes: FastifyPluginAsyncTypebox<RunRoutesOptions> = async (app
     if (etagSeq(request.headers['if-none-match']) === run.seq) return reply.code(304).send();
     // A long-poll that saw nothing new by its deadline (or a finished run) answers 304.
     if (longPoll && since !== undefined && run.seq <= since) return reply.code(304).send();
-    const body: ProgressResponse = toSnapshot(run);
+    const snapshot = toSnapshot(run);
+    if (delta) {
+      // Every seq after the client's state is a log (none pruned): only the seq moved.
+      const onlyLogs =
+        stateSeq !== undefined &&
+        stateSeq === since &&
+        !replay.truncated &&
+        replay.events.length === run.seq - stateSeq;
+      const patch = onlyLogs ? { seq: run.seq } : recentStates.patchTo(snapshot, stateSeq);
+      if (onlyLogs) recentStates.patchTo(snapshot, undefined);
+      if (patch && stateSeq !== undefined) {
+        const body: ProgressDelta = { run_id: run.run_id, seq: run.seq, base_seq: stateSeq, patch };
+        if (since !== undefined) body.events = replay.events;
+        if (replay.truncated) body.events_truncated = true;
+        if (replay.more) body.events_more = true;
+        return sendPollAnswer(reply, body);
+      }
+    }
+    const body: ProgressResponse = snapshot;
     if (since !== undefined) {
       body.events = replay.events;
       body.events_truncated = replay.truncated;
       if (replay.more) body.events_more = true;
     }
-    return body;
+    return sendPollAnswer(reply, body);
   }
 
   app.get(
     '/runs/:run_id/progress',
-    { schema: { params: RunParams, querystring: progressQuery, tags: ['runs'] } },
+    {
+      schema: {
+        params: RunParams,
+        querystring: progressQuery,
+        tags: ['runs'],
+        description:
+          'The run snapshot, with `ETag: "<seq>"` (If-None-Match answers 304). `since` adds the log ' +
+          'events after it (every one, up to a page: `events_more`); `wait` long-polls until seq > ' +
+          'since, or 304 at the deadline; `linger_ms` then waits that much longer for the events ' +
+          'that follow the first. With `delta=1&state_seq=U`, when this server knows the state at ' +
+          'U (it answered it lately, or only log events followed it), the answer is a ProgressDelta ' +
+          '`{run_id, seq, base_seq: U, patch, events?, events_truncated?, events_more?}` — `patch` ' +
+          'an RFC 7396 merge patch from the state at U to the state now — instead of the snapshot; ' +
+          'when it cannot be sure, the whole snapshot as without delta.',
+      },
+    },
     async (request, reply) => {
       const { run_id } = request.params;
       const principal = requirePrincipal(request);
       const run = await policy.requireRun(principal, run_id);
       metrics.recordClientHeaders(request.headers);
-      const { since, wait = 0 } = request.query;
+      const { since, wait = 0, delta, state_seq: stateSeq, linger_ms: lingerMs = 0 } = request.query;
       // The common poll — nothing new since the client's ETag — is answered from the run the
       // access check already read, without a replay transaction.
       if (wait === 0 && etagSeq(request.headers['if-none-match']) === run.seq) {
@@ -184,19 +260,42 @@ export const runRoutes: FastifyPluginAsyncTypebox<RunRoutesOptions> = async (app
       }
       const cursor = since ?? etagSeq(request.headers['if-none-match']);
       if (wait > 0 && cursor !== undefined && run.seq <= cursor && !isTerminal(run.status)) {
+        const deadlineMs = Date.now() + wait * 1000;
         const pending = hub.wait(run_id, cursor, wait * 1000, principal);
         // The connection may go away while we wait; stop waiting for it then.
         const onClose = () => pending.cancel();
         request.raw.once('close', onClose);
         // Re-read after registering: an event committed since the first read must not be missed.
         const current = await runs.get(run_id);
-        if (current && current.seq > cursor) pending.cancel();
-        else await pending.done;
+        const woken = current !== undefined && current.seq > cursor;
+        if (woken) pending.cancel();
+        else if (await pending.done) {
+          // Asked for: the events that follow the first at once come in the same answer.
+          const lingerLeftMs = Math.min(lingerMs, deadlineMs - Date.now());
+          if (lingerLeftMs > 0) await new Promise((resolve) => setTimeout(resolve, lingerLeftMs));
+        } else if (!pending.ended) {
+          // The deadline passed: unless something committed meanwhile, nothing new, and no
+          // replay is read to say so.
+          const now = await runs.get(run_id);
+          const unchanged =
+            since === undefined
+              ? etagSeq(request.headers['if-none-match']) === now?.seq
+              : now && now.seq <= since;
+          if (now && unchanged) {
+            request.raw.off('close', onClose);
+            return reply.header('etag', etagOf(now.seq)).header('cache-control', 'no-cache').code(304).send();
+          }
+        }
         request.raw.off('close', onClose);
         // Access ended while the poll waited (logout, revocation, membership removed).
         if (pending.ended) throw new AppError(pending.ended.code, pending.ended.message);
       }
-      return answerProgress(request, reply, run_id, since, wait > 0);
+      return answerProgress(request, reply, run_id, {
+        since,
+        longPoll: wait > 0,
+        delta: delta === 1,
+        stateSeq,
+      });
     },
   );
 

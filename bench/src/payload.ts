@@ -84,13 +84,15 @@ export function updateEvent(
   };
 }
 
-/** The send time an event carries, if it carries one. */
+/** The send time an event carries (a whole snapshot or a delta's patch), if it carries one. */
 export function sentAtOf(event: unknown): number | undefined {
   const e = event as {
     snapshot?: { progress?: { done?: unknown } | null };
+    patch?: { progress?: { done?: unknown } | null };
     log?: { data?: { t?: unknown } };
   } | null;
-  const t = e?.snapshot?.progress?.done ?? e?.log?.data?.t;
+  // A delta update carries the send time in its patch, as `progress.done` changes every time.
+  const t = e?.snapshot?.progress?.done ?? e?.patch?.progress?.done ?? e?.log?.data?.t;
   return typeof t === 'number' ? t : undefined;
 }
 

@@ -20,6 +20,7 @@ import { REPO_ROOT, RESULTS_DIR, removeScratchDir, scratchDir } from './paths.js
 import { enableProfiling, profiling } from './profiles.js';
 import { type RunInfo, renderMarkdown } from './report.js';
 import type { ScenarioResult } from './results.js';
+import { runBytes } from './scenarios/bytes.js';
 import { clusterParams, runCluster } from './scenarios/cluster.js';
 import { type FanoutMeasurement, type FanoutParams, runFanout } from './scenarios/fanout.js';
 import { runIdle } from './scenarios/idle.js';
@@ -239,6 +240,28 @@ function plan(maxConnections: number, results: ScenarioResult[]): Planned[] {
       },
     },
   ];
+  const bytes: Planned = {
+    id: 'bytes',
+    run: () =>
+      runBytes(
+        {
+          id: 'bytes',
+          title: 'Bytes on the wire: delta updates and compression, per transport',
+          scale: quick
+            ? 'quick mode: 20 updates and 20 log lines per viewer, 200 fan-out subscribers; correctness only'
+            : subscribers < 5000
+              ? fanoutScale
+              : '',
+          updates: quick ? 20 : 100,
+          logs: quick ? 20 : 100,
+          ratePerS: 20,
+          fanout: fanout({ id: 'bytes', title: 'bytes' }),
+          idleConnections: quick ? 100 : 1000,
+        },
+        log,
+      ),
+  };
+  scenarios.push(bytes);
   if (quick) return [...scenarios, cluster];
   const manyRuns = Math.min(1000, Math.floor(maxConnections / 5));
   const pollers = Math.min(5000, maxConnections);

@@ -1,4 +1,5 @@
 import { connect, type Socket } from 'node:net';
+import { createGunzip, constants as zlib } from 'node:zlib';
 import { io as ioClient } from 'socket.io-client';
 import WebSocket from 'ws';
 import { requestText } from '../raw-http.js';
@@ -23,6 +24,12 @@ export interface SubscriberTarget {
   resume: boolean;
   /** Socket.IO client: the `socket.io-client` package, or the lean protocol client over `ws`. */
   socketIoClient: 'official' | 'lean';
+  /** Runcast: ask for delta updates (`?delta=1`, `subscribe {delta: true}`). */
+  delta?: boolean;
+  /** SSE: accept a gzip stream (`Accept-Encoding: gzip`), inflated as it comes. */
+  gzip?: boolean;
+  /** Lean Socket.IO: offer permessage-deflate. */
+  deflate?: boolean;
 }
 
 /** One subscriber connection. `open` resolves once the opening snapshot arrived. */
@@ -149,6 +156,8 @@ class SseSubscriber extends BaseSubscriber {
   private skipCrlf = 0;
   private sizeLine = '';
   private partial = '';
+  /** Inflates a gzip stream's body before it is read as frames. */
+  private gunzip: ReturnType<typeof createGunzip> | undefined;
 
   protected connect(generation: number): void {
     const { target, state } = this;
@@ -156,7 +165,12 @@ class SseSubscriber extends BaseSubscriber {
     const headers: Record<string, string> = { accept: 'text/event-stream' };
     if (runcast && target.token) headers.authorization = `Bearer ${target.token}`;
     if (runcast && this.resuming) headers['last-event-id'] = String(state.lastSeq);
-    const path = runcast ? `/api/v1/runs/${state.runId}/stream` : `/stream?run=${state.runId}`;
+    if (target.gzip) headers['accept-encoding'] = 'gzip';
+    const path = runcast
+      ? `/api/v1/runs/${state.runId}/stream${target.delta ? '?delta=1' : ''}`
+      : `/stream?run=${state.runId}`;
+    this.gunzip?.destroy();
+    this.gunzip = undefined;
     this.head = '';
     this.chunked = false;
     this.chunkLeft = -1;
@@ -174,6 +188,7 @@ class SseSubscriber extends BaseSubscriber {
 
   protected disconnect(): void {
     this.socket?.destroy();
+    this.gunzip?.destroy();
   }
 
   private onData(generation: number, data: string): void {
@@ -184,6 +199,12 @@ class SseSubscriber extends BaseSubscriber {
       const status = Number(this.head.slice(9, 12));
       const rest = this.head.slice(end + 4);
       this.chunked = /\r\ntransfer-encoding:\s*chunked/i.test(this.head.slice(0, end));
+      if (/\r\ncontent-encoding:\s*gzip/i.test(this.head.slice(0, end))) {
+        const gunzip = createGunzip({ finishFlush: zlib.Z_SYNC_FLUSH });
+        gunzip.on('data', (inflated: Buffer) => this.onText(inflated.toString('latin1')));
+        gunzip.on('error', (err) => this.lost(generation, `sse: gzip: ${err.message}`));
+        this.gunzip = gunzip;
+      }
       this.head = undefined;
       if (status === 204) {
         // The run is over and we have its final seq: nothing more to receive.
@@ -200,7 +221,7 @@ class SseSubscriber extends BaseSubscriber {
       data = rest;
     }
     if (!this.chunked) {
-      this.onText(data);
+      this.onBody(data);
       return;
     }
     let text = '';
@@ -227,14 +248,20 @@ class SseSubscriber extends BaseSubscriber {
         at = eol + 2;
         if (size === 0) {
           // The last chunk: the server ended the stream (after the terminal update).
-          if (text) this.onText(text);
+          if (text) this.onBody(text);
           this.socket?.destroy();
           return;
         }
         this.chunkLeft = size;
       }
     }
-    if (text) this.onText(text);
+    if (text) this.onBody(text);
+  }
+
+  /** Body bytes as they came: inflated first when the stream is gzip. */
+  private onBody(text: string): void {
+    if (this.gunzip) this.gunzip.write(Buffer.from(text, 'latin1'));
+    else this.onText(text);
   }
 
   private onText(chunk: string): void {
@@ -275,7 +302,7 @@ class LeanSocketIoSubscriber extends BaseSubscriber {
   protected connect(generation: number): void {
     const { target } = this;
     const socket = new WebSocket(`ws://${target.host}:${target.port}/socket.io/?EIO=4&transport=websocket`, {
-      perMessageDeflate: false,
+      perMessageDeflate: target.deflate === true,
       skipUTF8Validation: true,
     });
     this.socket = socket;
@@ -308,7 +335,8 @@ class LeanSocketIoSubscriber extends BaseSubscriber {
         this.state.onEvent(scanned, receivedAt, () => (JSON.parse(packet.slice(2)) as unknown[])[1]);
     } else if (type === 48) {
       const since = this.resuming ? { since: this.state.lastSeq } : {};
-      socket.send(`421${JSON.stringify(['subscribe', { run_id: this.state.runId, ...since }])}`);
+      const delta = this.target.delta ? { delta: true } : {};
+      socket.send(`421${JSON.stringify(['subscribe', { run_id: this.state.runId, ...since, ...delta }])}`);
     } else if (type === 51) {
       const [ack] = JSON.parse(packet.slice(packet.indexOf('['))) as [
         {
@@ -339,6 +367,8 @@ interface EventObject {
   seq: number;
   type: string;
   snapshot?: { status: string };
+  /** A delta update's changes. */
+  patch?: { status?: string };
 }
 
 /** `socket.io-client` itself, one Manager per subscriber. */
@@ -359,7 +389,7 @@ class OfficialSocketIoSubscriber extends BaseSubscriber {
       const since = this.resuming ? { since: state.lastSeq } : {};
       socket.emit(
         'subscribe',
-        { run_id: state.runId, ...since },
+        { run_id: state.runId, ...since, ...(target.delta ? { delta: true } : {}) },
         (ack: { ok: boolean; snapshot?: EventObject; error?: { message: string } }) => {
           if (!ack.ok || !ack.snapshot) {
             this.openFailed(new Error(`subscribe refused: ${ack.error?.message ?? 'no snapshot'}`));
@@ -374,7 +404,11 @@ class OfficialSocketIoSubscriber extends BaseSubscriber {
       const kind =
         event.type === 'update' || event.type === 'log' || event.type === 'snapshot' ? event.type : 'other';
       state.onEvent(
-        { seq: event.seq, kind, terminal: isTerminalStatus(event.snapshot?.status ?? '') },
+        {
+          seq: event.seq,
+          kind,
+          terminal: isTerminalStatus(event.snapshot?.status ?? event.patch?.status ?? ''),
+        },
         nowMs(),
         () => event,
       );

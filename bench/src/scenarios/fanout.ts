@@ -32,6 +32,10 @@ export interface FanoutParams {
   producerConnections: number;
   /** Targets checked against Runcast's figures. */
   targets: { p99Ms?: number; cpuVs?: BroadcastBaseline };
+  /** How Runcast's subscribers ask for their events (default: whole snapshots, no compression). */
+  encoding?: Pick<SubscriberTarget, 'delta' | 'gzip' | 'deflate'>;
+  /** Settings of the Runcast server (`RUNCAST_…`). */
+  serverEnv?: Record<string, string>;
 }
 
 /** What one system did in a fan-out scenario. */
@@ -73,7 +77,7 @@ const BROADCASTER_SCRIPT: Record<BroadcastBaseline, string> = {
 };
 
 async function runcastPublisher(params: FanoutParams): Promise<Publisher> {
-  const server = await RuncastServer.start();
+  const server = await RuncastServer.start(params.serverEnv);
   let producer: BenchProcess | undefined;
   try {
     const runIds = await server.createRuns(params.runs);
@@ -94,6 +98,7 @@ async function runcastPublisher(params: FanoutParams): Promise<Publisher> {
         token: server.token,
         resume: true,
         socketIoClient: params.socketIoClient,
+        ...params.encoding,
       },
       async start() {
         const args: ProducerStartArgs = {
@@ -179,7 +184,7 @@ async function baselinePublisher(system: BroadcastBaseline, params: FanoutParams
 }
 
 /** Runs one system through the scenario: subscribe, publish, measure a window, finish, verify. */
-async function measure(
+export async function measureFanout(
   system: SystemName,
   params: FanoutParams,
   log: (line: string) => void,
@@ -286,7 +291,7 @@ export async function runFanout(params: FanoutParams, log: (line: string) => voi
   const problems: string[] = [];
   for (const system of ['runcast', ...params.baselines] as SystemName[]) {
     try {
-      measured.push(await measure(system, params, log));
+      measured.push(await measureFanout(system, params, log));
     } catch (err) {
       problems.push(`${system}: the scenario failed: ${(err as Error).message}`);
       log(`  ${system}: FAILED ${(err as Error).message}`);

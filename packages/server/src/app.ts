@@ -332,6 +332,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
           keepaliveMs: config.sseKeepaliveMs,
           retryMs: config.sseRetryMs,
           drain,
+          compression: config.sseCompression,
         });
       }
     },

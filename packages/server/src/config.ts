@@ -82,7 +82,14 @@ export interface Config {
    * `RUNCAST_COMPRESSION_MIN_BYTES`); the dashboard's files are precompressed at build time.
    */
   httpCompression: { enabled: boolean; minBytes: number };
+  /** `gzip`: SSE streams whose client accepts gzip are compressed (`RUNCAST_SSE_COMPRESSION`). */
+  sseCompression: SseCompression;
+  /** Socket.IO's per-message deflate, for clients that offer it (`RUNCAST_WS_COMPRESSION`). */
+  wsCompression: boolean;
 }
+
+/** Whether SSE streams are compressed for clients that accept it. */
+export type SseCompression = 'off' | 'gzip';
 
 /** A setting with a bad value; the message names it, on one line. */
 export class ConfigError extends Error {
@@ -302,5 +309,7 @@ export function loadConfig(env: Env = process.env, args: string[] = []): Config 
         64 * 1024 * 1024,
       ),
     },
+    sseCompression: oneOf('RUNCAST_SSE_COMPRESSION', env.RUNCAST_SSE_COMPRESSION, ['off', 'gzip'], 'gzip'),
+    wsCompression: boolean('RUNCAST_WS_COMPRESSION', env.RUNCAST_WS_COMPRESSION, false),
   };
 }

@@ -1,4 +1,5 @@
 import type { RunEvent, SnapshotEvent } from '@runcast/protocol';
+import type { GzipFrame } from './sse-writer.js';
 
 const CRLF = Buffer.from('\r\n');
 
@@ -23,6 +24,8 @@ export class EncodedEvent {
   private sseHttpChunk: Buffer | undefined;
   /** The Socket.IO gateway's WebSocket frame of this event, built by the gateway on first use. */
   socketFrame: readonly Buffer[] | undefined = undefined;
+  /** The gzip piece of `sse` for compressed SSE streams, built by their writer on first use. */
+  sseGzip: GzipFrame | undefined = undefined;
 
   constructor(
     readonly event: Frame,

@@ -351,6 +351,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
         path: `${basePath}/socket.io`,
         pingIntervalMs: config.wsPingIntervalMs,
         pingTimeoutMs: config.wsPingTimeoutMs,
+        compression: config.wsCompression,
       })
     : undefined;
   drain.watch(app.server, io !== undefined);

@@ -24,6 +24,8 @@ export class EncodedEvent {
   private sseHttpChunk: Buffer | undefined;
   /** The Socket.IO gateway's WebSocket frame of this event, built by the gateway on first use. */
   socketFrame: readonly Buffer[] | undefined = undefined;
+  /** The Socket.IO gateway's engine.io packet of this event (text), built on first use. */
+  socketPacket: string | undefined = undefined;
   /** The gzip piece of `sse` for compressed SSE streams, built by their writer on first use. */
   sseGzip: GzipFrame | undefined = undefined;
 

@@ -29,8 +29,13 @@ class InflatedStream {
   private buffered = '';
   ended = false;
   error: Error | undefined;
+  /** Bytes of the body as sent (compressed). */
+  wireBytes = 0;
 
   constructor(readonly response: IncomingMessage) {
+    response.on('data', (chunk: Buffer) => {
+      this.wireBytes += chunk.length;
+    });
     const gunzip = createGunzip();
     response.pipe(gunzip);
     gunzip.setEncoding('utf8');
@@ -182,6 +187,30 @@ describe('compressed SSE streams', () => {
     expect(replayed.map((m) => m.data.log.message)).toEqual(['before 3', 'before 4']);
     await world.worker.post(`/runs/${runId}/logs`, { level: 'info', message: 'after' });
     await resumed.until((m) => m.event === 'log' && m.data.log.message === 'after', 'the live log');
+  });
+
+  it('sends a replay of 100 logs in at most a fifth of its bytes', async () => {
+    const runId = await newRun();
+    const entries = Array.from({ length: 100 }, (_, i) => ({
+      level: 'info',
+      message: `Pushed ${i * 7} refs to group/api-${i % 5}`,
+      stage: 'APPLY',
+    }));
+    await world.worker.post(`/runs/${runId}/logs`, { entries });
+    const gzipped = await gzipStream(runId, { 'last-event-id': '1' });
+    await gzipped.until((m) => m.event === 'snapshot', 'the snapshot');
+    expect(gzipped.messages.filter((m) => m.event === 'log')).toHaveLength(100);
+    const plain = await openStream(`${server.url}/api/v1/runs/${runId}/stream`, {
+      authorization: `Bearer ${world.viewer.token}`,
+      'last-event-id': '1',
+    });
+    responses.push(plain);
+    let text = '';
+    for await (const chunk of plain) {
+      text += (chunk as Buffer).toString('utf8');
+      if (/event: snapshot\ndata: .*\n\n/.test(text)) break;
+    }
+    expect(gzipped.wireBytes).toBeLessThanOrEqual(Buffer.byteLength(text) * 0.2);
   });
 
   it('delivers every event to the eventsource package, which reads it gzipped', async () => {

@@ -1,5 +1,5 @@
 import type { RunEvent, SnapshotEvent } from '@runcast/protocol';
-import type { GzipFrame } from './sse-writer.js';
+import type { GzipFrames } from './sse-writer.js';
 
 const CRLF = Buffer.from('\r\n');
 
@@ -26,8 +26,8 @@ export class EncodedEvent {
   socketFrame: readonly Buffer[] | undefined = undefined;
   /** The Socket.IO gateway's engine.io packet of this event (text), built on first use. */
   socketPacket: string | undefined = undefined;
-  /** The gzip piece of `sse` for compressed SSE streams, built by their writer on first use. */
-  sseGzip: GzipFrame | undefined = undefined;
+  /** This event's frames for gzipped SSE streams, built by their writer on first use. */
+  sseGzip: GzipFrames | undefined = undefined;
 
   constructor(
     readonly event: Frame,

@@ -6,27 +6,24 @@ const texts = [
   'retry: 2000\n\n',
   `id: 1\nevent: log\ndata: ${JSON.stringify({ message: 'x'.repeat(500) })}\n\n`,
   'event: keepalive\ndata: {}\n\n',
+  'event: run_error\ndata: {"message":"café ✓"}\n\n',
   `id: 2\nevent: update\ndata: ${JSON.stringify({ stage: 'EXPORT', done: 4250, total: 10_000 })}\n\n`,
 ];
 
 describe('GzipStream', () => {
   it('makes one gzip member of pieces compressed on their own, checked by its trailer', () => {
     const stream = new GzipStream();
-    const parts = texts.flatMap((text) => stream.next(deflatePiece(Buffer.from(text))));
+    const parts = texts.flatMap((text) => stream.next(deflatePiece(text)));
     parts.push(stream.end());
     expect(gunzipSync(Buffer.concat(parts)).toString()).toBe(texts.join(''));
   });
 
   it('lets the same piece continue two streams with different pasts', () => {
-    const shared = deflatePiece(Buffer.from(texts[1]!));
+    const shared = deflatePiece(texts[1]!);
     const one = new GzipStream();
     const other = new GzipStream();
-    const first = [...one.next(deflatePiece(Buffer.from('a'))), ...one.next(shared), one.end()];
-    const second = [
-      ...other.next(deflatePiece(Buffer.from(texts[3]!.repeat(9)))),
-      ...other.next(shared),
-      other.end(),
-    ];
+    const first = [...one.next(deflatePiece('a')), ...one.next(shared), one.end()];
+    const second = [...other.next(deflatePiece(texts[3]!.repeat(9))), ...other.next(shared), other.end()];
     expect(gunzipSync(Buffer.concat(first)).toString()).toBe(`a${texts[1]}`);
     expect(gunzipSync(Buffer.concat(second)).toString()).toBe(`${texts[3]!.repeat(9)}${texts[1]}`);
   });
@@ -49,7 +46,7 @@ describe('GzipStream', () => {
         };
         gunzip.on('data', check);
       });
-      for (const part of stream.next(deflatePiece(Buffer.from(text)))) gunzip.write(part);
+      for (const part of stream.next(deflatePiece(text))) gunzip.write(part);
       await out;
       expect(decoded.slice(before)).toBe(text);
     }

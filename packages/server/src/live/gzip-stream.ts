@@ -23,14 +23,14 @@ const GZIP_HEADER = Buffer.from([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]);
 /** The last block (BFINAL, fixed Huffman codes, end of block alone), byte-aligned. */
 const FINAL_BLOCK = Buffer.from([0x03, 0x00]);
 
-/** One stored (uncompressed) deflate block, at most 65,535 bytes. */
-function storedBlock(raw: Buffer): Buffer {
-  const block = Buffer.allocUnsafe(5 + raw.length);
+/** `text` as one stored (uncompressed) deflate block, in one allocation; at most 65,535 bytes. */
+function storedPiece(text: string, length: number): DeflatedPiece {
+  const block = Buffer.allocUnsafe(5 + length);
   block[0] = 0; // not final, stored; the rest of the byte is padding
-  block.writeUInt16LE(raw.length, 1);
-  block.writeUInt16LE(~raw.length & 0xffff, 3);
-  raw.copy(block, 5);
-  return block;
+  block.writeUInt16LE(length, 1);
+  block.writeUInt16LE(~length & 0xffff, 3);
+  block.write(text, 5);
+  return { raw: block.subarray(5), deflated: block };
 }
 
 /**
@@ -49,11 +49,12 @@ function deflateOptions(length: number) {
   };
 }
 
-/** Compresses `raw` into a piece that continues any gzip stream (see DeflatedPiece). */
-export function deflatePiece(raw: Buffer): DeflatedPiece {
-  const deflated =
-    raw.length < STORED_BELOW_BYTES ? storedBlock(raw) : deflateRawSync(raw, deflateOptions(raw.length));
-  return { raw, deflated };
+/** Compresses `text` into a piece that continues any gzip stream (see DeflatedPiece). */
+export function deflatePiece(text: string): DeflatedPiece {
+  const length = Buffer.byteLength(text);
+  if (length < STORED_BELOW_BYTES) return storedPiece(text, length);
+  const raw = Buffer.from(text);
+  return { raw, deflated: deflateRawSync(raw, deflateOptions(length)) };
 }
 
 /**

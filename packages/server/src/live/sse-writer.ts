@@ -13,10 +13,11 @@ export interface SseWriter {
   /** Writes text of this stream alone (the opening, keepalives, errors); the headers go first. */
   writeText(text: string): void;
   /**
-   * Writes the single-run frames of `events` (`EncodedEvent.sse`), whose encoded bytes are shared
-   * by every stream that writes them.
+   * Writes the frames of `events`, their encoded bytes shared by every stream that writes them:
+   * the single-run frames (`EncodedEvent.sse`), or with `ids` (a multiplexed stream's cursors,
+   * one per event) `id: <ids[i]>` followed by the shared `sseWithoutId`.
    */
-  writeEvents(events: readonly EncodedEvent[]): void;
+  writeEvents(events: readonly EncodedEvent[], ids?: readonly string[]): void;
   /** True while the connection's buffer is full. */
   isBusy(): boolean;
   /** Ends the response after what was written. */
@@ -57,7 +58,7 @@ abstract class ResponseWriter implements SseWriter {
   ) {}
 
   abstract writeText(text: string): void;
-  abstract writeEvents(events: readonly EncodedEvent[]): void;
+  abstract writeEvents(events: readonly EncodedEvent[], ids?: readonly string[]): void;
 
   /** Writes through the response (headers first, on the first write), then sets up direct writes. */
   protected writeThroughResponse(chunk: string | Buffer): void {
@@ -92,13 +93,16 @@ export class PlainSseWriter extends ResponseWriter {
     this.writeThroughResponse(text);
   }
 
-  writeEvents(events: readonly EncodedEvent[]): void {
+  writeEvents(events: readonly EncodedEvent[], ids?: readonly string[]): void {
     const [first] = events;
     if (!first) return;
     const direct = this.direct;
     if (!direct) {
       let chunk = '';
-      for (const event of events) chunk += event.sse;
+      for (let i = 0; i < events.length; i++) {
+        const event = events[i] as EncodedEvent;
+        chunk += ids ? `id: ${ids[i]}\n${event.sseWithoutId}` : event.sse;
+      }
       this.writeThroughResponse(chunk);
       return;
     }
@@ -108,18 +112,34 @@ export class PlainSseWriter extends ResponseWriter {
   }
 }
 
-/** An event's single-run frame gzipped once for every stream, alone and as one HTTP chunk. */
-export interface GzipFrame {
-  piece: DeflatedPiece;
-  chunk: Buffer;
+/**
+ * An event's frames gzipped once for every stream: the single-run frame, alone and as one HTTP
+ * chunk, and `sseWithoutId` for multiplexed streams, each made on first use.
+ */
+export interface GzipFrames {
+  single?: { piece: DeflatedPiece; chunk: Buffer };
+  withoutId?: DeflatedPiece;
 }
 
-function gzipFrame(event: EncodedEvent): GzipFrame {
-  if (!event.sseGzip) {
-    const piece = deflatePiece(Buffer.from(event.sse));
-    event.sseGzip = { piece, chunk: httpChunk([piece.deflated]) };
-  }
+/** The event's gzipped frames, made on first use. */
+function gzipFrames(event: EncodedEvent): GzipFrames {
+  event.sseGzip ??= {};
   return event.sseGzip;
+}
+
+function singleFrame(event: EncodedEvent): { piece: DeflatedPiece; chunk: Buffer } {
+  const frames = gzipFrames(event);
+  if (!frames.single) {
+    const piece = deflatePiece(event.sse);
+    frames.single = { piece, chunk: httpChunk([piece.deflated]) };
+  }
+  return frames.single;
+}
+
+function withoutIdPiece(event: EncodedEvent): DeflatedPiece {
+  const frames = gzipFrames(event);
+  frames.withoutId ??= deflatePiece(event.sseWithoutId);
+  return frames.withoutId;
 }
 
 /**
@@ -133,14 +153,24 @@ export class GzipSseWriter extends ResponseWriter {
   private readonly gzip = new GzipStream();
 
   writeText(text: string): void {
-    this.send(this.gzip.next(deflatePiece(Buffer.from(text))));
+    this.send(this.gzip.next(deflatePiece(text)));
   }
 
-  writeEvents(events: readonly EncodedEvent[]): void {
+  writeEvents(events: readonly EncodedEvent[], ids?: readonly string[]): void {
     const [first] = events;
     if (!first) return;
+    if (ids) {
+      // The id line is this stream's own (a short stored block); the rest is the event's shared piece.
+      const parts: Buffer[] = [];
+      for (let i = 0; i < events.length; i++) {
+        parts.push(...this.gzip.next(deflatePiece(`id: ${ids[i]}\n`)));
+        parts.push(...this.gzip.next(withoutIdPiece(events[i] as EncodedEvent)));
+      }
+      this.send(parts);
+      return;
+    }
     if (events.length === 1 && this.direct) {
-      const frame = gzipFrame(first);
+      const frame = singleFrame(first);
       const header = this.gzip.add(frame.piece);
       // The common write of a fan-out: one event, its chunk shared; this stream's own cost is a CRC update.
       if (header) this.send([header, frame.piece.deflated]);
@@ -148,7 +178,7 @@ export class GzipSseWriter extends ResponseWriter {
       return;
     }
     const parts: Buffer[] = [];
-    for (const event of events) parts.push(...this.gzip.next(gzipFrame(event).piece));
+    for (const event of events) parts.push(...this.gzip.next(singleFrame(event).piece));
     this.send(parts);
   }
 

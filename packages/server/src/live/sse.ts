@@ -81,23 +81,23 @@ class SseSink implements Sink {
     return this.writer.isBusy();
   }
 
+  /** A multiplexed stream's id after `event`: every run's cursor, the event's run moved to it. */
+  private idAfter(cursors: Map<string, number>, event: EncodedEvent): string {
+    cursors.set(event.runId, event.seq);
+    let id = '';
+    for (const [runId, seq] of cursors) id += `${id ? ',' : ''}${runId}:${seq}`;
+    return id;
+  }
+
   frame(event: EncodedEvent): string {
     if (!this.cursors) return event.sse;
-    this.cursors.set(event.runId, event.seq);
-    let id = '';
-    for (const [runId, seq] of this.cursors) id += `${id ? ',' : ''}${runId}:${seq}`;
-    return `id: ${id}\n${event.sseWithoutId}`;
+    return `id: ${this.idAfter(this.cursors, event)}\n${event.sseWithoutId}`;
   }
 
   write(events: readonly EncodedEvent[]): void {
     if (this.ended) return;
-    if (!this.cursors) {
-      this.writer.writeEvents(events);
-      return;
-    }
-    let chunk = '';
-    for (const event of events) chunk += this.frame(event);
-    this.writer.writeText(chunk);
+    const cursors = this.cursors;
+    this.writer.writeEvents(events, cursors && events.map((event) => this.idAfter(cursors, event)));
   }
 
   /** Writes text of this stream (headers first, on the first write). */

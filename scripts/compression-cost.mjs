@@ -1,19 +1,24 @@
 #!/usr/bin/env node
-// What gzipped SSE streams cost the server, beside plain ones: CPU per delivered event with many
-// subscribers of one run, bytes per event on the wire, and the RSS each idle stream adds.
-// Starts `packages/server/dist/main.js serve` (build it first: npx tsc -b packages/server) once
-// per mode, opens the streams over raw sockets (so the client costs little), publishes updates
-// and log lines, and reads the server's CPU and RSS from /proc.
+// What compressed live streams cost the server, beside plain ones: CPU per delivered event with
+// many subscribers of one run, bytes per event on the wire, and the RSS each idle connection adds
+// — for SSE (plain, and gzip when the client accepts it) and Socket.IO (without and with
+// per-message deflate). Starts `packages/server/dist/main.js serve` (build it first: npx tsc -b
+// packages/server) once per mode, opens the connections from this process over raw sockets or
+// raw `ws` clients (so the clients cost little), publishes updates and log lines, and reads the
+// server's CPU and RSS from /proc.
 //
-//   node scripts/sse-compression-cost.mjs [subscribers=2000] [events=200]
+//   node scripts/compression-cost.mjs [subscribers=2000] [events=200]
+//     [modes=sse,sse-gzip,sse-mux,sse-mux-gzip,ws,ws-deflate]
 import { execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import WebSocket from 'ws';
 
 const SUBSCRIBERS = Number(process.argv[2] ?? 2000);
 const EVENTS = Number(process.argv[3] ?? 200);
+const MODES = (process.argv[4] ?? 'sse,sse-gzip,sse-mux,sse-mux-gzip,ws,ws-deflate').split(',');
 const PASSWORD = 'measure-password';
 const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
 
@@ -59,7 +64,7 @@ async function api(base, method, path, token, body) {
   return res.json();
 }
 
-async function startServer() {
+async function startServer(env) {
   const port = await freePort();
   const dataDir = mkdtempSync(join(tmpdir(), 'runcast-sse-cost-'));
   const child = spawn(
@@ -82,6 +87,7 @@ async function startServer() {
         RUNCAST_ADMIN_PASSWORD: PASSWORD,
         LOG_LEVEL: 'warn',
         RUNCAST_SSE_COMPRESSION: 'gzip',
+        ...env,
         RUNCAST_SUBSCRIBER_QUEUE_LIMIT: String(64 * 1024 * 1024),
       },
       stdio: ['ignore', 'ignore', 'inherit'],
@@ -109,14 +115,14 @@ async function startServer() {
 }
 
 /** One raw SSE connection that counts the bytes it receives (and decodes nothing). */
-function openStream(port, runId, token, gzip) {
+function openStream(port, runId, token, gzip, multiplexed = false) {
   return new Promise((resolve, reject) => {
     const socket = connect({ port, host: '127.0.0.1' });
     const stream = { socket, bytes: 0 };
     socket.on('error', reject);
     socket.on('connect', () => {
       socket.write(
-        `GET /api/v1/runs/${runId}/stream HTTP/1.1\r\nhost: 127.0.0.1\r\naccept: text/event-stream\r\n` +
+        `GET /api/v1/${multiplexed ? `stream?runs=${runId}` : `runs/${runId}/stream`} HTTP/1.1\r\nhost: 127.0.0.1\r\naccept: text/event-stream\r\n` +
           `authorization: Bearer ${token}\r\n${gzip ? 'accept-encoding: gzip\r\n' : ''}\r\n`,
       );
     });
@@ -127,8 +133,48 @@ function openStream(port, runId, token, gzip) {
   });
 }
 
-async function measure(gzip) {
-  const server = await startServer();
+/** One Socket.IO connection over a raw ws client, subscribed to the run; counts the bytes it reads. */
+function openSocket(port, runId, token, deflate) {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(`ws://127.0.0.1:${port}/socket.io/?EIO=4&transport=websocket`, {
+      perMessageDeflate: deflate,
+    });
+    const connection = {
+      socket: { destroy: () => ws.terminate() },
+      get bytes() {
+        return ws._socket?.bytesRead ?? 0;
+      },
+    };
+    ws.on('error', reject);
+    ws.on('message', (data) => {
+      const text = data.toString();
+      if (text === '2') ws.send('3');
+      else if (text.startsWith('0')) ws.send(`40${JSON.stringify({ token })}`);
+      else if (text.startsWith('40')) ws.send(`421${JSON.stringify(['subscribe', { run_id: runId }])}`);
+      else if (text.startsWith('431')) resolve(connection);
+    });
+  });
+}
+
+const MODE_SETTINGS = {
+  sse: { env: {}, open: (port, runId, token) => openStream(port, runId, token, false) },
+  'sse-gzip': { env: {}, open: (port, runId, token) => openStream(port, runId, token, true) },
+  // The multiplexed stream (`/stream?runs=`), which @runcast/client opens.
+  'sse-mux': { env: {}, open: (port, runId, token) => openStream(port, runId, token, false, true) },
+  'sse-mux-gzip': { env: {}, open: (port, runId, token) => openStream(port, runId, token, true, true) },
+  ws: {
+    env: { RUNCAST_WS_COMPRESSION: 'off' },
+    open: (port, runId, token) => openSocket(port, runId, token, false),
+  },
+  'ws-deflate': {
+    env: { RUNCAST_WS_COMPRESSION: 'on' },
+    open: (port, runId, token) => openSocket(port, runId, token, true),
+  },
+};
+
+async function measure(mode) {
+  const settings = MODE_SETTINGS[mode];
+  const server = await startServer(settings.env);
   const login = await api(server.base, 'POST', '/auth/login', undefined, {
     username: 'admin',
     password: PASSWORD,
@@ -144,7 +190,7 @@ async function measure(gzip) {
   for (let i = 0; i < SUBSCRIBERS; i += 100) {
     const batch = [];
     for (let j = i; j < Math.min(SUBSCRIBERS, i + 100); j++) {
-      batch.push(openStream(server.port, run.run_id, login.token, gzip));
+      batch.push(settings.open(server.port, run.run_id, login.token));
     }
     streams.push(...(await Promise.all(batch)));
   }
@@ -188,7 +234,7 @@ async function measure(gzip) {
   for (const stream of streams) stream.socket.destroy();
   await server.stop();
   return {
-    mode: gzip ? 'gzip' : 'plain',
+    mode,
     cpuUsPerDeliveredEvent: (cpuS * 1e6) / (EVENTS * SUBSCRIBERS),
     bytesPerDeliveredEvent: bytes / (EVENTS * SUBSCRIBERS),
     idleRssBytesPerStream: idleRss,
@@ -196,13 +242,14 @@ async function measure(gzip) {
 }
 
 const results = [];
-for (const gzip of [false, true, false, true]) results.push(await measure(gzip));
-console.log(`${SUBSCRIBERS} subscribers, ${EVENTS} events (half updates, half logs), 10/s`);
+// Twice each, interleaved: the machine's other load moves single figures by several percent.
+for (const mode of [...MODES, ...MODES]) results.push(await measure(mode));
+console.log(`${SUBSCRIBERS} subscribers of one run, ${EVENTS} events (half updates, half logs), 10/s`);
 console.table(
   results.map((r) => ({
     mode: r.mode,
     'server CPU µs / delivered event': r.cpuUsPerDeliveredEvent.toFixed(2),
     'bytes / delivered event': r.bytesPerDeliveredEvent.toFixed(0),
-    'idle RSS / stream (B)': r.idleRssBytesPerStream.toFixed(0),
+    'idle RSS / connection (B)': r.idleRssBytesPerStream.toFixed(0),
   })),
 );

@@ -24,7 +24,7 @@ export interface SseWriter {
   end(): void;
 }
 
-/** `data` as one HTTP/1.1 chunk: what `res.write(data)` sends on a chunked response, in one buffer. */
+/** `parts` as one HTTP/1.1 chunk: what `res.write` of their bytes sends on a chunked response, in one buffer. */
 function httpChunk(parts: readonly Buffer[]): Buffer {
   let length = 0;
   for (const part of parts) length += part.length;

@@ -13,10 +13,13 @@ const withoutUpgrade = (config: string) =>
 
 /**
  * …and holding the event streams back: buffered with X-Accel-Buffering ignored, and compressed
- * (nginx passes on the first buffered chunk as it comes; gzip holds even that).
+ * by nginx (nginx passes on the first buffered chunk as it comes; gzip holds even that). Such
+ * setups clear Accept-Encoding towards the backend so that nginx compresses: otherwise Runcast
+ * gzips the stream itself, flushed at every write, and nginx's gzip leaves it alone.
  */
 const buffering = (config: string) =>
   withoutUpgrade(config)
+    .replace(/(proxy_set_header Host .*\n)/, '$1    proxy_set_header Accept-Encoding "";\n')
     .replace(/proxy_buffering off;/g, 'proxy_buffering on;\n        proxy_ignore_headers X-Accel-Buffering;')
     .replace(/gzip off;/g, 'gzip on;\n        gzip_types text/event-stream;\n        gzip_min_length 1;');
 

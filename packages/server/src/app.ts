@@ -32,6 +32,7 @@ import type { Config } from './config.js';
 import { AppError } from './errors.js';
 import { answerOutsideBasePath, stripBasePath } from './http/base-path.js';
 import { answerClientError } from './http/client-error.js';
+import { registerCompression } from './http/compression.js';
 import { ConnectionDrain, waitUntil } from './http/drain.js';
 import { registerErrorHandling, sendError } from './http/error-handler.js';
 import { registerJsonBodyParser } from './http/json-body.js';
@@ -129,7 +130,9 @@ async function serveDashboard(app: FastifyInstance, webDir: string, basePath: st
   // The build's URLs are relative (Vite `base: './'`): this <base> makes them resolve under the
   // path the server is mounted at from any deep link, and tells the dashboard that path.
   const index = readFileSync(indexFile, 'utf8').replace('<head>', `<head>\n    <base href="${basePath}/" />`);
-  await app.register(fastifyStatic, { root: webDir, wildcard: false, index: false });
+  // The build writes `.br` and `.gz` beside each file worth compressing (see vite.config.ts):
+  // served to clients that accept them, with the original's content type and `Vary`.
+  await app.register(fastifyStatic, { root: webDir, wildcard: false, index: false, preCompressed: true });
   const page = async (_request: unknown, reply: FastifyReply) =>
     reply.type('text/html; charset=utf-8').header('cache-control', 'no-cache').send(index);
   for (const route of ['/', '/runs/*', '/projects/*', '/projects', '/login']) {
@@ -248,6 +251,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   app.removeContentTypeParser('text/plain');
   registerJsonBodyParser(app);
   registerErrorHandling(app);
+  if (config.httpCompression.enabled) registerCompression(app, { minBytes: config.httpCompression.minBytes });
 
   // Directory writes are announced on the bus, and every node's cache follows them.
   const detachCache = store.attach(bus);
@@ -357,6 +361,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
           keepaliveMs: config.sseKeepaliveMs,
           retryMs: config.sseRetryMs,
           drain,
+          compression: config.sseCompression,
         });
       }
     },
@@ -375,6 +380,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
         path: `${basePath}/socket.io`,
         pingIntervalMs: config.wsPingIntervalMs,
         pingTimeoutMs: config.wsPingTimeoutMs,
+        compression: config.wsCompression,
       })
     : undefined;
   drain.watch(app.server, io !== undefined);

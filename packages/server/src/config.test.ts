@@ -11,6 +11,9 @@ describe('configuration', () => {
       eventRetention: 10_000,
       requestTimeoutMs: 30_000,
       headersTimeoutMs: 10_000,
+      httpCompression: { enabled: true, minBytes: 1024 },
+      sseCompression: 'gzip',
+      wsCompression: false,
     });
   });
 
@@ -39,6 +42,10 @@ describe('configuration', () => {
     [{ RUNCAST_GIT_ALLOW_LOCAL: 'perhaps' }, 'RUNCAST_GIT_ALLOW_LOCAL'],
     [{ RUNCAST_DATABASE_URL: 'mysql://db/runcast' }, 'RUNCAST_DATABASE_URL'],
     [{ RUNCAST_DATABASE_URL: 'not a url' }, 'RUNCAST_DATABASE_URL'],
+    [{ RUNCAST_HTTP_COMPRESSION: 'fast' }, 'RUNCAST_HTTP_COMPRESSION'],
+    [{ RUNCAST_COMPRESSION_MIN_BYTES: '1k' }, 'RUNCAST_COMPRESSION_MIN_BYTES'],
+    [{ RUNCAST_SSE_COMPRESSION: 'brotli' }, 'RUNCAST_SSE_COMPRESSION'],
+    [{ RUNCAST_WS_COMPRESSION: 'deflate' }, 'RUNCAST_WS_COMPRESSION'],
   ])('stops on %j with a one-line message naming %s', (env, name) => {
     let error: unknown;
     try {

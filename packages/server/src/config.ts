@@ -77,7 +77,19 @@ export interface Config {
   webDir: string;
   /** Live gateways to serve; polling is always on (it is the REST API). */
   gateways: { websocket: boolean; sse: boolean };
+  /**
+   * gzip for JSON answers of at least `minBytes` to clients that accept it (`RUNCAST_HTTP_COMPRESSION`,
+   * `RUNCAST_COMPRESSION_MIN_BYTES`); the dashboard's files are precompressed at build time.
+   */
+  httpCompression: { enabled: boolean; minBytes: number };
+  /** `gzip`: SSE streams whose client accepts gzip are compressed (`RUNCAST_SSE_COMPRESSION`). */
+  sseCompression: SseCompression;
+  /** Socket.IO's per-message deflate, for clients that offer it (`RUNCAST_WS_COMPRESSION`). */
+  wsCompression: boolean;
 }
+
+/** Whether SSE streams are compressed for clients that accept it. */
+export type SseCompression = 'off' | 'gzip';
 
 /** A setting with a bad value; the message names it, on one line. */
 export class ConfigError extends Error {
@@ -287,5 +299,17 @@ export function loadConfig(env: Env = process.env, args: string[] = []): Config 
     runLeaseMs: integer('RUNCAST_RUN_LEASE_MS', env.RUNCAST_RUN_LEASE_MS, 15_000, 300, 3_600_000),
     gitAllowLocal: boolean('RUNCAST_GIT_ALLOW_LOCAL', env.RUNCAST_GIT_ALLOW_LOCAL, false),
     webDir: env.RUNCAST_WEB_DIR || fileURLToPath(new URL('../../web/dist', import.meta.url)),
+    httpCompression: {
+      enabled: boolean('RUNCAST_HTTP_COMPRESSION', env.RUNCAST_HTTP_COMPRESSION, true),
+      minBytes: integer(
+        'RUNCAST_COMPRESSION_MIN_BYTES',
+        env.RUNCAST_COMPRESSION_MIN_BYTES,
+        1024,
+        0,
+        64 * 1024 * 1024,
+      ),
+    },
+    sseCompression: oneOf('RUNCAST_SSE_COMPRESSION', env.RUNCAST_SSE_COMPRESSION, ['off', 'gzip'], 'gzip'),
+    wsCompression: boolean('RUNCAST_WS_COMPRESSION', env.RUNCAST_WS_COMPRESSION, false),
   };
 }

@@ -6,6 +6,7 @@ import {
   type RunSnapshot,
   type SnapshotEvent,
 } from '@runcast/protocol';
+import type { GzipFrames } from './sse-writer.js';
 
 const CRLF = Buffer.from('\r\n');
 
@@ -39,6 +40,10 @@ export class EncodedEvent {
   /** Seq of the state this update's delta applies to; -1 when it has none. */
   readonly baseSeq: number;
   private deltaForm: EncodedEvent | null | undefined;
+  /** The Socket.IO gateway's engine.io packet of this event (text), built on first use. */
+  socketPacket: string | undefined = undefined;
+  /** This event's frames for gzipped SSE streams, built by their writer on first use. */
+  sseGzip: GzipFrames | undefined = undefined;
 
   constructor(
     readonly event: Frame,

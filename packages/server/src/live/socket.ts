@@ -1,9 +1,7 @@
 import type { Server as HttpServer } from 'node:http';
 import { SOCKET_EVENTS, type SubscribeAck, SubscribeRequest } from '@runcast/protocol';
 import { Server, type Socket } from 'socket.io';
-import { Encoder, PacketType } from 'socket.io-parser';
 import { Compile } from 'typebox/compile';
-import * as ws from 'ws';
 import type { Authenticator, Credentials } from '../auth/authenticator.js';
 import { originAllowed } from '../auth/plugin.js';
 import type { Policy } from '../auth/policy.js';
@@ -13,6 +11,7 @@ import type { ProxyTrust } from '../http/proxy-trust.js';
 import type { Metrics } from '../metrics.js';
 import type { EncodedEvent } from './encoded-event.js';
 import type { Hub } from './hub.js';
+import { engineOf, type SocketWriter, socketWriterFor } from './socket-writer.js';
 import { failureOf } from './sse.js';
 import type { DisconnectReason, RunFailure, Sink } from './subscriber.js';
 
@@ -31,7 +30,22 @@ export interface SocketGatewayOptions {
   /** Heartbeat: a ping every interval; no pong within the timeout closes the connection. */
   pingIntervalMs: number;
   pingTimeoutMs: number;
+  /** Per-message deflate for clients that offer it. */
+  compression: boolean;
 }
+
+/**
+ * Per-message deflate, as small as ws allows: a 1 KB server window (server_max_window_bits,
+ * announced to the client), level 1, a 1 KB output buffer; packets under 128 bytes (pings, acks)
+ * go uncompressed. Even so a connection measured ~85 KB more RSS once it compressed, and 3.5-6x
+ * the server CPU per delivered event at 1,000-2,000 subscribers (scripts/compression-cost.mjs):
+ * hence off by default.
+ */
+const PER_MESSAGE_DEFLATE = {
+  threshold: 128,
+  serverMaxWindowBits: 10,
+  zlibDeflateOptions: { level: 1, memLevel: 2, chunkSize: 1024 },
+};
 
 interface SocketData {
   principal: Principal;
@@ -39,104 +53,22 @@ interface SocketData {
   credentials: Credentials;
 }
 
-// Internals of socket.io / engine.io / ws this gateway relies on, named in one place. Events go
-// out the way Socket.IO's own broadcast sends a pre-encoded packet (`adapter.broadcast` →
-// engine.io's WebSocket transport → `ws` `Sender.sendFrame` with a frame built once, see
-// websockets/ws#617), minus the per-socket packet objects and events of the layers between.
-interface EngineSocket {
-  readyState: string;
-  writeBuffer: unknown[];
-  transport: {
-    writable: boolean;
-    /** The `ws` WebSocket of engine.io's WebSocket transport. */
-    socket?: WsSocket;
-    on(event: 'ready', fn: () => void): void;
-    off(event: 'ready', fn: () => void): void;
-  };
-  close(discard?: boolean): void;
-}
-interface WsSocket {
-  readyState: number;
-  _sender?: FrameSender;
-}
-interface FrameSender {
-  sendFrame(list: readonly Buffer[], cb?: (err?: Error) => void): void;
-}
-interface FrameBuilder {
-  frame(
-    data: Buffer,
-    options: { readOnly: boolean; mask: boolean; rsv1: boolean; opcode: number; fin: boolean },
-  ): Buffer[];
-}
-
-const encoder = new Encoder();
-// ws's module exports Sender (its frame builder); its type declarations do not list it.
-const senderOf = (ws as unknown as { Sender: FrameBuilder }).Sender;
-const TEXT_FRAME = { readOnly: false, mask: false, rsv1: false, opcode: 1, fin: true };
-const WS_OPEN = 1;
-
-/**
- * The `run_event` packet of an event as one WebSocket text frame, built once for every socket:
- * header and payload in one buffer, so that each socket's write is one `write`, not a `writev`.
- */
-export function socketFrame(event: EncodedEvent): readonly Buffer[] {
-  if (event.socketFrame) return event.socketFrame;
-  // An event is JSON: it encodes into one packet (only binary attachments would add more).
-  const [packet] = encoder.encode({
-    type: PacketType.EVENT,
-    nsp: '/',
-    data: [SOCKET_EVENTS.runEvent, event.event],
-  }) as string[];
-  // "4" is Engine.IO's "message" packet type.
-  const frame = [Buffer.concat(senderOf.frame(Buffer.from(`4${packet}`), TEXT_FRAME))];
-  event.socketFrame = frame;
-  return frame;
-}
-
 /** One Socket.IO socket as a Hub sink. */
 class SocketSink implements Sink {
   readonly transport = 'websocket' as const;
-  private readonly engine: EngineSocket;
-  private readonly ws: WsSocket;
-  private readonly sender: FrameSender;
-  /** A frame of ours is still being handed to the kernel; `drained` follows when it is. */
-  private writing = false;
-  private readonly onSent = (): void => {
-    this.writing = false;
-    this.drained();
-  };
 
   constructor(
     private readonly socket: Socket,
-    /** Called when the connection can take the next write. */
-    private readonly drained: () => void,
-  ) {
-    this.engine = socket.conn as unknown as EngineSocket;
-    const ws = this.engine.transport.socket;
-    const sender = ws?._sender;
-    // Checked here, at the first connection, rather than losing events later.
-    if (!ws || typeof sender?.sendFrame !== 'function') {
-      throw new Error('engine.io or ws changed: no WebSocket under the transport or no Sender.sendFrame');
-    }
-    this.ws = ws;
-    this.sender = sender;
-  }
+    /** Prebuilt frames, or ws's compressor when the connection negotiated per-message deflate. */
+    private readonly writer: SocketWriter,
+  ) {}
 
   isBusy(): boolean {
-    const engine = this.engine;
-    return this.writing || engine.writeBuffer.length > 0 || !engine.transport.writable;
+    return this.writer.isBusy();
   }
 
   write(events: readonly EncodedEvent[]): void {
-    const [first] = events;
-    // A connection on its way out takes nothing more; its client resumes from its last seq.
-    if (!first || this.engine.readyState !== 'open' || this.ws.readyState !== WS_OPEN) return;
-    const frame = events.length === 1 ? socketFrame(first) : [Buffer.concat(events.flatMap(socketFrame))];
-    // Straight to the socket rather than through engine.io's queue: ordered with engine.io's own
-    // writes (acks, pings) because both are synchronous while engine.io's queue is empty, which
-    // `isBusy` ensures before the Hub writes.
-    this.writing = true;
-    this.sender.sendFrame(frame, this.onSent);
+    this.writer.write(events);
   }
 
   runEnded(): void {}
@@ -153,7 +85,7 @@ class SocketSink implements Sink {
     }
     if (reason === 'SERVER_SHUTDOWN') this.socket.emit(SOCKET_EVENTS.reconnect, { reason });
     // Closing the transport (rather than a server-side `disconnect`) makes clients reconnect.
-    this.engine.close(reason === 'SLOW_CONSUMER');
+    engineOf(this.socket).close(reason === 'SLOW_CONSUMER');
   }
 }
 
@@ -175,6 +107,9 @@ export function attachSocketGateway(httpServer: HttpServer, options: SocketGatew
       pingInterval: options.pingIntervalMs,
       pingTimeout: options.pingTimeoutMs,
       serveClient: false,
+      // Off unless asked for: each connection then holds a deflate context and the gateway
+      // writes through ws's compressor instead of prebuilt frames (see socket-writer.ts).
+      perMessageDeflate: options.compression ? PER_MESSAGE_DEFLATE : false,
     },
   );
 
@@ -211,9 +146,12 @@ export function attachSocketGateway(httpServer: HttpServer, options: SocketGatew
   });
 
   io.on('connection', (socket) => {
-    const sink = new SocketSink(socket, () => subscriber.flush());
+    const sink = new SocketSink(
+      socket,
+      socketWriterFor(socket, () => subscriber.flush()),
+    );
     const subscriber = hub.attach(sink, socket.data.principal);
-    const engine = socket.conn as unknown as EngineSocket;
+    const engine = engineOf(socket);
     // What the Hub queued while engine.io was writing goes out once engine.io is done.
     const onReady = () => subscriber.flush();
     engine.transport.on('ready', onReady);

@@ -1,5 +1,4 @@
 import type { ServerResponse } from 'node:http';
-import type { Socket } from 'node:net';
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { DELTA_STREAM_DOC, DeltaFlag, isTerminal, RunId, SSE_RUN_ERROR } from '@runcast/protocol';
 import type { FastifyReply, FastifyRequest } from 'fastify';
@@ -7,12 +6,15 @@ import { Type } from 'typebox';
 import { requirePrincipal } from '../auth/plugin.js';
 import type { Policy } from '../auth/policy.js';
 import type { Principal } from '../auth/principal.js';
+import type { SseCompression } from '../config.js';
 import { AppError } from '../errors.js';
+import { negotiateCoding } from '../http/accept-encoding.js';
 import type { ConnectionDrain } from '../http/drain.js';
 import type { Metrics } from '../metrics.js';
 import type { RunRecord } from '../store/store.js';
 import { EncodedEvent } from './encoded-event.js';
 import type { Hub, Opening } from './hub.js';
+import { GzipSseWriter, PlainSseWriter, type SseWriter } from './sse-writer.js';
 import type { DisconnectReason, RunFailure, Sink, Subscriber } from './subscriber.js';
 
 /** What the client is told when opening a run failed: the contract's code, or INTERNAL. */
@@ -31,6 +33,8 @@ export interface SseOptions {
   retryMs: number;
   /** Lets shutdown wait until each stream has flushed its last frame. */
   drain: ConnectionDrain;
+  /** `gzip`: streams whose client accepts it are gzipped (see `GzipSseWriter`). */
+  compression: SseCompression;
 }
 
 const RUN_ID = /^run_[0-9A-HJKMNP-TV-Z]{26}$/;
@@ -47,41 +51,17 @@ class SseSink implements Sink {
   private ended = false;
   private readonly openRuns = new Set<string>();
   private readonly cursors: Map<string, number> | undefined;
-  /**
-   * The connection, when live events may be written to it directly as prebuilt chunks: a
-   * single-run stream with chunked encoding on a connection this response owns.
-   */
-  private direct: Socket | undefined;
-
-  private written = false;
 
   constructor(
     private readonly res: ServerResponse,
+    /** Plain or gzip; a single-run stream's events are written through its shared encodings. */
+    private readonly writer: SseWriter,
     multiplexed: Map<string, number | undefined> | undefined,
     private readonly retryMs: number,
-    /** Called whenever the connection takes writes again after a full buffer. */
-    private readonly drained: () => void,
   ) {
     if (multiplexed) {
       this.cursors = new Map();
       for (const [runId, seq] of multiplexed) if (seq !== undefined) this.cursors.set(runId, seq);
-    }
-  }
-
-  /** Sets up direct writes and drain notifications once the response has started. */
-  private started(): void {
-    const res = this.res;
-    const socket = res.socket;
-    const drained = this.drained;
-    if (!this.cursors && socket && res.chunkedEncoding) {
-      // Once the response has written its headers to its own connection, a chunk written to the
-      // socket is exactly what `res.write` sends, in one write: `res.write` corks the socket,
-      // writes size, frame and CRLF separately and sends them as one `writev` on the next tick.
-      this.direct = socket;
-      socket.on('drain', drained);
-      res.once('close', () => socket.off('drain', drained));
-    } else {
-      res.on('drain', drained);
     }
   }
 
@@ -98,42 +78,32 @@ class SseSink implements Sink {
   }
 
   isBusy(): boolean {
-    return this.direct ? this.direct.writableNeedDrain : this.res.writableNeedDrain;
+    return this.writer.isBusy();
+  }
+
+  /** A multiplexed stream's id after `event`: every run's cursor, the event's run moved to it. */
+  private idAfter(cursors: Map<string, number>, event: EncodedEvent): string {
+    cursors.set(event.runId, event.seq);
+    let id = '';
+    for (const [runId, seq] of cursors) id += `${id ? ',' : ''}${runId}:${seq}`;
+    return id;
   }
 
   frame(event: EncodedEvent): string {
     if (!this.cursors) return event.sse;
-    this.cursors.set(event.runId, event.seq);
-    let id = '';
-    for (const [runId, seq] of this.cursors) id += `${id ? ',' : ''}${runId}:${seq}`;
-    return `id: ${id}\n${event.sseWithoutId}`;
+    return `id: ${this.idAfter(this.cursors, event)}\n${event.sseWithoutId}`;
   }
 
   write(events: readonly EncodedEvent[]): void {
     if (this.ended) return;
-    const direct = this.direct;
-    if (direct) {
-      const [first] = events;
-      // A connection the client already ended takes nothing more (writing would raise an error).
-      if (!first || !direct.writable) return;
-      direct.write(
-        events.length === 1 ? first.sseChunk : Buffer.concat(events.map((event) => event.sseChunk)),
-      );
-      return;
-    }
-    let chunk = '';
-    for (const event of events) chunk += this.frame(event);
-    this.res.write(chunk);
+    const cursors = this.cursors;
+    this.writer.writeEvents(events, cursors && events.map((event) => this.idAfter(cursors, event)));
   }
 
-  /** Writes through the response (headers first, on the first write). */
+  /** Writes text of this stream (headers first, on the first write). */
   writeRaw(chunk: string): void {
     if (this.ended) return;
-    this.res.write(chunk);
-    if (!this.written) {
-      this.written = true;
-      this.started();
-    }
+    this.writer.writeText(chunk);
   }
 
   runEnded(runId: string): void {
@@ -173,7 +143,7 @@ class SseSink implements Sink {
   end(): void {
     if (this.ended) return;
     this.ended = true;
-    this.res.end();
+    this.writer.end();
   }
 }
 
@@ -292,10 +262,17 @@ export const sseRoutes: FastifyPluginAsyncTypebox<SseOptions> = async (app, opti
     reply.hijack();
     const res = reply.raw;
     options.drain.track(res);
-    res.writeHead(200, SSE_HEADERS);
-    const sink = new SseSink(res, multiplexed ? cursors : undefined, options.retryMs, () =>
-      subscriber.flush(),
-    );
+    const drained = () => subscriber.flush();
+    const writer =
+      options.compression === 'gzip' && negotiateCoding(request.headers['accept-encoding'], ['gzip'])
+        ? new GzipSseWriter(res, !multiplexed, drained)
+        : new PlainSseWriter(res, !multiplexed, drained);
+    res.writeHead(200, {
+      ...SSE_HEADERS,
+      ...(options.compression === 'off' ? {} : { vary: 'Accept-Encoding' }),
+      ...writer.headers,
+    });
+    const sink = new SseSink(res, writer, multiplexed ? cursors : undefined, options.retryMs);
     const subscriber: Subscriber = hub.attach(sink, principal);
     const keepaliveMs = keepalives.add(sink, keepaliveS);
     res.on('close', () => {

@@ -57,7 +57,12 @@ export class PollFastPath {
     if (run?.seq !== seq) return false;
     metrics.pollsAnsweredFromMemory.inc();
     metrics.recordClientHeaders(headers);
-    response.writeHead(304, { etag: etagOf(seq), 'cache-control': 'no-cache' });
+    // The same headers as the route's 304 (see `registerCompression`).
+    response.writeHead(304, {
+      etag: etagOf(seq),
+      'cache-control': 'no-cache',
+      vary: 'Accept-Encoding',
+    });
     response.end();
     return true;
   }

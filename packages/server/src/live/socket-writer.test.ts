@@ -1,7 +1,7 @@
 import type { LogEvent } from '@runcast/protocol';
 import { describe, expect, it } from 'vitest';
 import { EncodedEvent } from './encoded-event.js';
-import { socketFrame } from './socket.js';
+import { socketFrame } from './socket-writer.js';
 
 /** Reads one unmasked WebSocket frame: its first byte and its payload. */
 function readFrame(frame: Buffer): { head: number; masked: boolean; payload: string; rest: number } {

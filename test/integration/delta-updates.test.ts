@@ -1,4 +1,4 @@
-import { applyMergePatch } from '@runcast/protocol';
+import { applyDeltaPatch, applyMergePatch, type RunSnapshot } from '@runcast/protocol';
 import { createParser } from 'eventsource-parser';
 import { io } from 'socket.io-client';
 import { describe, expect, it } from 'vitest';
@@ -106,7 +106,7 @@ function rebuild(events: readonly any[]): unknown {
   for (const event of events) {
     if (event.patch) {
       expect(event.base_seq).toBe(held?.seq);
-      held = { seq: event.seq, snapshot: applyMergePatch(held?.snapshot, event.patch) };
+      held = { seq: event.seq, snapshot: applyDeltaPatch(held?.snapshot as RunSnapshot, event) };
     } else if (event.snapshot) {
       held = { seq: event.seq, snapshot: event.snapshot };
     }

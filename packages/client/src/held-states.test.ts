@@ -24,7 +24,12 @@ describe('HeldStates', () => {
       seq: 4,
       type: 'update',
       at: '2026-01-01T00:00:01.000Z',
-      snapshot: runSnapshot('r', 4, { stage: 'APPLY', progress: { percentage: 5 } }),
+      // The frame's seq and at are the state's seq and updated_at.
+      snapshot: runSnapshot('r', 4, {
+        stage: 'APPLY',
+        progress: { percentage: 5 },
+        updated_at: '2026-01-01T00:00:01.000Z',
+      }),
     });
     expect(opening.snapshot.stage).toBe('EXPORT');
     expect(states.take(logEvent('r', 5), () => {})).toEqual(logEvent('r', 5));

@@ -1,4 +1,4 @@
-import { applyMergePatch, type DeltaUpdateEvent, type RunSnapshot } from '@runcast/protocol';
+import { applyDeltaPatch, type DeltaUpdateEvent, type RunSnapshot } from '@runcast/protocol';
 import type { ProgressEvent } from './types.js';
 
 /** What a transport may receive: any event the application sees, or a delta update. */
@@ -44,7 +44,7 @@ export class HeldStates {
       }
       return undefined;
     }
-    const snapshot = applyMergePatch(held.snapshot, event.patch) as RunSnapshot;
+    const snapshot = applyDeltaPatch(held.snapshot, event);
     this.hold(event.run_id, event.seq, snapshot);
     return { run_id: event.run_id, seq: event.seq, type: 'update', at: event.at, snapshot };
   }

@@ -1,5 +1,12 @@
 import { describe, expect, it } from 'vitest';
-import { applyMergePatch, type JsonObject, jsonEqual, mergePatchDiff } from './merge-patch.js';
+import {
+  applyDeltaPatch,
+  applyMergePatch,
+  deltaPatch,
+  type JsonObject,
+  jsonEqual,
+  mergePatchDiff,
+} from './merge-patch.js';
 
 const state = (overrides: JsonObject = {}): JsonObject => ({
   run_id: 'run_1',
@@ -89,5 +96,36 @@ describe('mergePatchDiff and applyMergePatch', () => {
     expect(jsonEqual({ a: [1, { b: 2 }] }, { a: [1, { b: 3 }] })).toBe(false);
     expect(jsonEqual([1], { 0: 1 })).toBe(false);
     expect(jsonEqual({ a: null }, {})).toBe(false);
+  });
+});
+
+describe('deltaPatch and applyDeltaPatch', () => {
+  const at = '2026-11-29T10:00:01.000Z';
+  const from = { ...state(), updated_at: '2026-11-29T10:00:00.000Z' } as JsonObject & {
+    seq: number;
+    updated_at: string;
+  };
+
+  it("leaves out the seq and the updated_at that the frame's seq and at already say", () => {
+    const to = {
+      ...from,
+      seq: 120,
+      updated_at: at,
+      progress: { ...(from.progress as JsonObject), done: 4300 },
+    };
+    const patch = deltaPatch(from, to, at);
+    expect(patch).toEqual({ progress: { done: 4300 } });
+    expect(applyDeltaPatch(from, { seq: 120, at, patch: patch as JsonObject })).toStrictEqual(to);
+  });
+
+  it('keeps an updated_at that is not the frame’s at, changed or not', () => {
+    const to = { ...from, seq: 121, stage: 'APPLY' };
+    const patch = deltaPatch(from, to, at);
+    expect(patch).toEqual({ stage: 'APPLY', updated_at: from.updated_at });
+    expect(applyDeltaPatch(from, { seq: 121, at, patch: patch as JsonObject })).toStrictEqual(to);
+  });
+
+  it('has no patch when a member would have to become null', () => {
+    expect(deltaPatch(from, { ...from, seq: 122, updated_at: at, stage: null }, at)).toBeUndefined();
   });
 });

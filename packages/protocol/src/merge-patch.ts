@@ -96,3 +96,35 @@ function setMember(object: JsonObject, key: string, value: unknown): void {
     object[key] = value;
   }
 }
+
+/** The members of a run snapshot a delta update relies on, whatever the rest of the snapshot. */
+interface SnapshotClock {
+  seq: number;
+  updated_at: string;
+}
+
+/**
+ * The patch a delta update with `seq` and `at` carries from the state `from` to `to`: their merge
+ * patch without what the frame already says — `seq` (an update's snapshot is at the update's
+ * seq) and `updated_at` when it equals the frame's `at` (a patch without `updated_at` means
+ * "`at`"). Undefined when no merge patch can express the change.
+ */
+export function deltaPatch<S extends SnapshotClock>(from: S, to: S, at: string): MergePatch | undefined {
+  const patch = mergePatchDiff(from as unknown as JsonObject, to as unknown as JsonObject);
+  if (!patch) return undefined;
+  delete patch.seq;
+  if (to.updated_at === at) delete patch.updated_at;
+  else patch.updated_at = to.updated_at;
+  return patch;
+}
+
+/** The state a delta update (`seq`, `at`, `patch`) makes of `held`, as a new value. */
+export function applyDeltaPatch<S extends SnapshotClock>(
+  held: S,
+  delta: { seq: number; at: string; patch: MergePatch },
+): S {
+  const state = applyMergePatch(held, delta.patch) as S;
+  state.seq = delta.seq;
+  if (!Object.hasOwn(delta.patch, 'updated_at')) state.updated_at = delta.at;
+  return state;
+}

@@ -222,7 +222,9 @@ export const DELTA_STREAM_DOC =
   'With `delta=1` (Socket.IO: `subscribe {run_id, since?, delta: true}`) an update may come as a ' +
   'DeltaUpdateEvent `{run_id, seq, type: "update", at, base_seq, patch}`: `patch` is an RFC 7396 ' +
   'merge patch that turns the state the subscription holds after its snapshot or update with seq ' +
-  '`base_seq` into the state at `seq`. It comes only when that is the state the subscription ' +
+  "`base_seq` into the state at `seq`, less what the frame already says: the snapshot's `seq` is " +
+  "always the frame's `seq`, and its `updated_at` is the frame's `at` unless the patch sets it. " +
+  'It comes only when that is the state the subscription ' +
   'holds: the first update after the opening snapshot, an update after one that conflation ' +
   'skipped, one after a gap the server filled from its store, and a change a merge patch cannot ' +
   'express (a member becoming null) come whole. A client that receives a delta of another base ' +

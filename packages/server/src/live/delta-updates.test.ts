@@ -1,5 +1,5 @@
 import {
-  applyMergePatch,
+  applyDeltaPatch,
   type DeltaUpdateEvent,
   type RunEvent,
   type RunSnapshot,
@@ -88,7 +88,8 @@ describe('Subscriber: delta updates', () => {
       type: 'update',
       at: AT,
       base_seq: 1,
-      patch: { progress: { percentage: 20 }, seq: 2 },
+      // seq and updated_at are the frame's own.
+      patch: { progress: { percentage: 20 } },
     });
   });
 
@@ -202,7 +203,7 @@ describe('Hub: delta updates', () => {
     for (const frame of frames) {
       if ('patch' in frame) {
         expect(frame.base_seq).toBe(state.seq);
-        state = { seq: frame.seq, snapshot: applyMergePatch(state.snapshot, frame.patch) as RunSnapshot };
+        state = { seq: frame.seq, snapshot: applyDeltaPatch(state.snapshot, frame) };
       } else if ('snapshot' in frame) {
         state = { seq: frame.seq, snapshot: frame.snapshot };
       }
@@ -223,8 +224,9 @@ describe('Hub: delta updates', () => {
     expect(forms(a.sink.frames)).toEqual(['full@1', 'log@2', 'delta@3<-1', 'delta@4<-3']);
     expect(forms(plain.sink.frames)).toEqual(['full@1', 'log@2', 'full@3', 'full@4']);
     const delta = a.sink.frames[3] as DeltaUpdateEvent;
-    // Only what changed (updated_at too, unless both commits fell in the same millisecond).
-    expect(Object.keys(delta.patch).filter((key) => key !== 'updated_at')).toEqual(['progress', 'seq']);
+    // Only what changed, less the seq and updated_at the frame's seq and at already say.
+    expect(Object.keys(delta.patch)).toEqual(['progress']);
+    expect(delta.at).toBe((plain.sink.frames[3] as RunEvent & { snapshot: RunSnapshot }).snapshot.updated_at);
     expect(b.sink.encoded[3]).toBe(a.sink.encoded[3]);
     const now = await runs.get(runId);
     expect(rebuilt(a.opening, a.sink.frames)).toEqual({

@@ -1,7 +1,6 @@
 import {
   type DeltaUpdateEvent,
-  type JsonObject,
-  mergePatchDiff,
+  deltaPatch,
   type RunEvent,
   type RunSnapshot,
   type SnapshotEvent,
@@ -61,7 +60,7 @@ export class EncodedEvent {
   }
 
   /**
-   * This update as a delta (`base_seq` and the merge patch from the base state), encoded like any
+   * This update as a delta (`base_seq` and the patch from the base state, see `deltaPatch`), encoded like any
    * event and shared by every subscriber that holds the base; undefined when there is no base or
    * no merge patch can express the change. Computed on first use.
    */
@@ -72,10 +71,7 @@ export class EncodedEvent {
       const event = this.event;
       this.base = undefined; // the base state is not needed once the patch is made
       if (base && event.type === 'update' && 'snapshot' in event) {
-        const patch = mergePatchDiff(
-          base.snapshot as unknown as JsonObject,
-          event.snapshot as unknown as JsonObject,
-        );
+        const patch = deltaPatch(base.snapshot, event.snapshot, event.at);
         if (patch) {
           const frame: DeltaUpdateEvent = {
             run_id: event.run_id,

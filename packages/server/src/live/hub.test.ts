@@ -1,4 +1,4 @@
-import { applyMergePatch, type RunEvent, type SnapshotEvent } from '@runcast/protocol';
+import { applyDeltaPatch, type RunEvent, type RunSnapshot, type SnapshotEvent } from '@runcast/protocol';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { Principal } from '../auth/principal.js';
 import type { BusMessage } from '../bus/bus.js';
@@ -508,7 +508,7 @@ describe('Hub', () => {
           for (const { event } of sink.events) {
             if ('patch' in event) {
               expect(event.base_seq).toBe(state?.seq);
-              state = { seq: event.seq, snapshot: applyMergePatch(state?.snapshot, event.patch) };
+              state = { seq: event.seq, snapshot: applyDeltaPatch(state?.snapshot as RunSnapshot, event) };
             } else if ('snapshot' in event) {
               state = { seq: event.seq, snapshot: event.snapshot };
             }

@@ -1,6 +1,6 @@
 import { createGunzip, gunzipSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
-import { deflatePiece, GzipStream } from './gzip-stream.js';
+import { deflatePiece, deflatePieceAfter, GzipStream, sameTail } from './gzip-stream.js';
 
 const texts = [
   'retry: 2000\n\n',
@@ -57,6 +57,50 @@ describe('GzipStream', () => {
     gunzip.end(stream.end());
     await ended;
     expect(decoded).toBe(texts.join(''));
+  });
+
+  it("compresses a run's next frame after the frame before it, for the streams that wrote that one last", () => {
+    const frame = (seq: number) =>
+      `id: ${seq}\nevent: update\ndata: ${JSON.stringify({
+        run_id: 'run_01KB6Q8W7X9Y0Z1A2B3C4D5E6F',
+        seq,
+        type: 'update',
+        at: `2026-11-29T19:05:0${seq}.123Z`,
+        base_seq: seq - 1,
+        patch: { progress: { percentage: seq, done: 1764443101123 + seq }, stats: { objects: seq } },
+      })}\n\n`;
+    const previous = deflatePiece(frame(1));
+    const streams = [new GzipStream(), new GzipStream()];
+    const written = streams.map((stream, i) => [
+      ...stream.next(deflatePiece(i === 0 ? 'retry: 2000\n\n' : ': another opening\n\n')),
+      ...stream.next(previous, true),
+    ]);
+    const tails = streams.map((stream) => stream.tail());
+    expect(tails[0] && tails[1] && sameTail(tails[0], tails[1])).toBe(true);
+    const next = deflatePieceAfter(frame(2), tails[0]!);
+    const alone = deflatePiece(frame(2));
+    expect(next.deflated.length).toBeLessThan(alone.deflated.length / 3);
+    streams.forEach((stream, i) => {
+      written[i]!.push(...stream.next(next, true), stream.end());
+    });
+    expect(gunzipSync(Buffer.concat(written[0]!)).toString()).toBe(`retry: 2000\n\n${frame(1)}${frame(2)}`);
+    expect(gunzipSync(Buffer.concat(written[1]!)).toString()).toBe(
+      `: another opening\n\n${frame(1)}${frame(2)}`,
+    );
+  });
+
+  it('has a tail of its last shared piece and the few own bytes after it, or none', () => {
+    const stream = new GzipStream();
+    expect(stream.tail()).toBeUndefined();
+    const shared = deflatePiece(texts[1]!);
+    stream.next(shared, true);
+    stream.next(deflatePiece('id: a:1\n'));
+    const tail = stream.tail();
+    expect(tail?.after).toBe(shared);
+    expect(tail?.suffix.toString()).toBe('id: a:1\n');
+    // A stream's own text past a few hundred bytes (a replay) leaves nothing to refer back to.
+    stream.next(deflatePiece('x'.repeat(300)));
+    expect(stream.tail()).toBeUndefined();
   });
 
   it('ends a member that carried nothing', () => {

@@ -58,32 +58,80 @@ export function deflatePiece(text: string): DeflatedPiece {
 }
 
 /**
+ * The bytes a stream ended with, as far as a piece may refer back to them: the last shared
+ * piece it wrote (`after`), then what it wrote of its own since (`suffix`, a few bytes: an id
+ * line). Streams with the same tail can share a piece compressed after it.
+ */
+export interface StreamTail {
+  readonly after: DeflatedPiece;
+  readonly suffix: Buffer;
+}
+
+/** Own bytes a tail may hold after its shared piece; past them the stream has no usable tail. */
+const MAX_SUFFIX_BYTES = 256;
+
+/**
+ * Compresses `text` into a piece that continues only a stream ending with `tail`: its matches
+ * may refer back into those bytes, which every gzip decoder still holds in its window. Two
+ * progress updates of a run differ in a few numbers, so the second costs a few dozen bytes where
+ * alone it would cost most of its length.
+ */
+export function deflatePieceAfter(text: string, tail: StreamTail): DeflatedPiece {
+  const raw = Buffer.from(text);
+  const history = tail.suffix.length > 0 ? Buffer.concat([tail.after.raw, tail.suffix]) : tail.after.raw;
+  const options = deflateOptions(history.length + raw.length);
+  const dictionary = history.subarray(Math.max(0, history.length - 2 ** options.windowBits));
+  return { raw, deflated: deflateRawSync(raw, { ...options, dictionary }) };
+}
+
+/** Whether two tails are the same bytes (the same shared piece, the same own bytes after it). */
+export function sameTail(a: StreamTail, b: StreamTail): boolean {
+  return a.after === b.after && a.suffix.equals(b.suffix);
+}
+
+/**
  * One gzip member written a piece at a time, every piece decodable as soon as it arrives: there
  * is no compressor to hold bytes back, and nothing of the connection's is kept between writes
- * but a checksum and a length. Pieces compressed on their own compress less than a stream
- * whose window spans them, but a piece shared by every stream costs each one a CRC update.
+ * but a checksum, a length and its tail (a reference to the last shared piece, and the few own
+ * bytes after it). A piece shared by every stream costs each one a CRC update; compressed after
+ * the tail the streams share, it compresses as well as in a stream whose window spans them.
  */
 export class GzipStream {
   private crc = 0;
   private size = 0;
   private started = false;
+  private lastShared: DeflatedPiece | undefined;
+  private suffix: Buffer = Buffer.alloc(0);
 
   /**
    * Counts `piece` into the member's checksum and length; answers the header to send before it
-   * when it is the first.
+   * when it is the first. A `shared` piece (an event's, written to many streams) starts the
+   * stream's tail; a piece of its own extends it.
    */
-  add(piece: DeflatedPiece): Buffer | undefined {
+  add(piece: DeflatedPiece, shared = false): Buffer | undefined {
     this.crc = crc32(piece.raw, this.crc);
     this.size = (this.size + piece.raw.length) >>> 0;
+    if (shared) {
+      this.lastShared = piece;
+      this.suffix = Buffer.alloc(0);
+    } else if (this.lastShared) {
+      if (this.suffix.length + piece.raw.length > MAX_SUFFIX_BYTES) this.lastShared = undefined;
+      else this.suffix = Buffer.concat([this.suffix, piece.raw]);
+    }
     if (this.started) return undefined;
     this.started = true;
     return GZIP_HEADER;
   }
 
   /** The bytes that send `piece`: the header first on the first call. */
-  next(piece: DeflatedPiece): Buffer[] {
-    const header = this.add(piece);
+  next(piece: DeflatedPiece, shared = false): Buffer[] {
+    const header = this.add(piece, shared);
     return header ? [header, piece.deflated] : [piece.deflated];
+  }
+
+  /** What the stream ended with, if a piece may be compressed after it. */
+  tail(): StreamTail | undefined {
+    return this.lastShared ? { after: this.lastShared, suffix: this.suffix } : undefined;
   }
 
   /** The bytes that end the member: the last block, the CRC-32 and the length mod 2^32. */

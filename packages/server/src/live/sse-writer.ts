@@ -1,7 +1,14 @@
 import type { ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { EncodedEvent } from './encoded-event.js';
-import { type DeflatedPiece, deflatePiece, GzipStream } from './gzip-stream.js';
+import {
+  type DeflatedPiece,
+  deflatePiece,
+  deflatePieceAfter,
+  GzipStream,
+  type StreamTail,
+  sameTail,
+} from './gzip-stream.js';
 
 /**
  * How an SSE response's bytes reach its connection: as they are (`PlainSseWriter`) or gzipped
@@ -112,40 +119,66 @@ export class PlainSseWriter extends ResponseWriter {
   }
 }
 
+/** A piece and the HTTP chunk that carries it on a direct connection. */
+interface ChunkedPiece {
+  piece: DeflatedPiece;
+  chunk: Buffer;
+}
+
+/** A frame compressed after the tail of the first stream that wrote it (see `deflatePieceAfter`). */
+interface PieceAfter extends ChunkedPiece {
+  tail: StreamTail;
+}
+
 /**
- * An event's frames gzipped once for every stream: the single-run frame, alone and as one HTTP
- * chunk, and `sseWithoutId` for multiplexed streams, each made on first use.
+ * An event's frames gzipped once for every stream: the single-run frame and `sseWithoutId` for
+ * multiplexed streams, each alone and after the tail the streams share (the run's previous
+ * frame, usually), each made on first use.
  */
 export interface GzipFrames {
-  single?: { piece: DeflatedPiece; chunk: Buffer };
-  withoutId?: DeflatedPiece;
+  single?: ChunkedPiece;
+  singleAfter?: PieceAfter;
+  withoutId?: ChunkedPiece;
+  withoutIdAfter?: PieceAfter;
 }
 
-/** The event's gzipped frames, made on first use. */
-function gzipFrames(event: EncodedEvent): GzipFrames {
+function chunked(piece: DeflatedPiece): ChunkedPiece {
+  return { piece, chunk: httpChunk([piece.deflated]) };
+}
+
+/**
+ * The event's frame (single-run or without id) for a stream ending with `tail`: compressed after
+ * it when the first stream to write this frame had the same tail (the streams of a run share
+ * their frames in the same order, so this is the rule), compressed alone otherwise.
+ */
+function framePiece(event: EncodedEvent, multiplexed: boolean, tail: StreamTail | undefined): ChunkedPiece {
   event.sseGzip ??= {};
-  return event.sseGzip;
-}
-
-function singleFrame(event: EncodedEvent): { piece: DeflatedPiece; chunk: Buffer } {
-  const frames = gzipFrames(event);
-  if (!frames.single) {
-    const piece = deflatePiece(event.sse);
-    frames.single = { piece, chunk: httpChunk([piece.deflated]) };
+  const frames = event.sseGzip;
+  const text = multiplexed ? event.sseWithoutId : event.sse;
+  if (tail) {
+    let after = multiplexed ? frames.withoutIdAfter : frames.singleAfter;
+    if (!after) {
+      after = { tail, ...chunked(deflatePieceAfter(text, tail)) };
+      if (multiplexed) frames.withoutIdAfter = after;
+      else frames.singleAfter = after;
+    }
+    if (sameTail(after.tail, tail)) return after;
   }
-  return frames.single;
-}
-
-function withoutIdPiece(event: EncodedEvent): DeflatedPiece {
-  const frames = gzipFrames(event);
-  frames.withoutId ??= deflatePiece(event.sseWithoutId);
-  return frames.withoutId;
+  let alone = multiplexed ? frames.withoutId : frames.single;
+  if (!alone) {
+    alone = chunked(deflatePiece(text));
+    if (multiplexed) frames.withoutId = alone;
+    else frames.single = alone;
+  }
+  return alone;
 }
 
 /**
  * A gzip stream (`Content-Encoding: gzip`) whose every write is decodable on arrival. Events are
- * compressed once each and their pieces shared by every stream (see `GzipStream`): the CPU of a
- * fan-out stays a CRC per stream and event, and a stream holds no compressor between writes.
+ * compressed once each (after the run's previous frame, which the streams that carry the run
+ * wrote last, and alone for a stream that did not) and their pieces shared by every stream (see
+ * `GzipStream`): the CPU of a fan-out stays a CRC per stream and event, and a stream holds no
+ * compressor between writes.
  * Text of one stream (the opening with its replay, keepalives) is compressed per write.
  */
 export class GzipSseWriter extends ResponseWriter {
@@ -164,21 +197,23 @@ export class GzipSseWriter extends ResponseWriter {
       const parts: Buffer[] = [];
       for (let i = 0; i < events.length; i++) {
         parts.push(...this.gzip.next(deflatePiece(`id: ${ids[i]}\n`)));
-        parts.push(...this.gzip.next(withoutIdPiece(events[i] as EncodedEvent)));
+        const { piece } = framePiece(events[i] as EncodedEvent, true, this.gzip.tail());
+        parts.push(...this.gzip.next(piece, true));
       }
       this.send(parts);
       return;
     }
     if (events.length === 1 && this.direct) {
-      const frame = singleFrame(first);
-      const header = this.gzip.add(frame.piece);
+      const frame = framePiece(first, false, this.gzip.tail());
+      const header = this.gzip.add(frame.piece, true);
       // The common write of a fan-out: one event, its chunk shared; this stream's own cost is a CRC update.
       if (header) this.send([header, frame.piece.deflated]);
       else if (this.direct.writable) this.direct.write(frame.chunk);
       return;
     }
     const parts: Buffer[] = [];
-    for (const event of events) parts.push(...this.gzip.next(singleFrame(event).piece));
+    for (const event of events)
+      parts.push(...this.gzip.next(framePiece(event, false, this.gzip.tail()).piece, true));
     this.send(parts);
   }
 

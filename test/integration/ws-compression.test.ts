@@ -1,4 +1,5 @@
 import type { IncomingMessage } from 'node:http';
+import { applyDeltaPatch, type RunSnapshot } from '@runcast/protocol';
 import { io } from 'socket.io-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
@@ -61,11 +62,11 @@ class RawSocketIo {
     });
   }
 
-  subscribe(runId: string): Promise<any> {
+  subscribe(runId: string, options: { delta?: boolean } = {}): Promise<any> {
     const id = this.nextAck++;
     return new Promise((resolve) => {
       this.acks.set(id, resolve);
-      this.ws.send(`42${id}${JSON.stringify(['subscribe', { run_id: runId }])}`);
+      this.ws.send(`42${id}${JSON.stringify(['subscribe', { run_id: runId, ...options }])}`);
     });
   }
 
@@ -145,6 +146,37 @@ describe.each([
       // Uncompressed frames carry their text plus headers; compressed ones far less than it.
       if (compressed) expect(wire).toBeLessThan(text * 0.6);
       else expect(wire).toBeGreaterThan(text);
+    } finally {
+      client.ws.close();
+    }
+  });
+
+  it(`${compressed ? 'compresses each run event after the one before: a delta tick costs a few dozen bytes' : 'sends delta ticks as they are'}, acks between them readable`, async () => {
+    const runId = await newRun(world);
+    const other = await newRun(world);
+    const client = await RawSocketIo.open(server.url, world.viewer.token!);
+    try {
+      expect((await client.subscribe(runId, { delta: true })).ok).toBe(true);
+      const ticks = 30;
+      const before = client.wireBytes;
+      for (let i = 1; i <= ticks; i++) {
+        const answer = await world.worker.patch(`/runs/${runId}/progress`, {
+          progress: { percentage: i, message: 'Receiving objects', done: i * 137, total: 10_000 },
+        });
+        await client.until((events) => events.some((e) => e.seq === answer.body.seq));
+        // An ack (uncompressed, outside the shared frames' window) in the middle of the ticks.
+        if (i === ticks / 2) expect((await client.subscribe(other)).ok).toBe(true);
+      }
+      const perTick = (client.wireBytes - before) / ticks;
+      // A delta frame of this tick is about 200 bytes; after the frame before it, a few dozen.
+      if (compressed) expect(perTick).toBeLessThan(90);
+      else expect(perTick).toBeGreaterThan(150);
+      let state: RunSnapshot | undefined;
+      for (const event of client.events.filter((e) => e.run_id === runId)) {
+        if (event.snapshot) state = event.snapshot;
+        else if (event.patch) state = applyDeltaPatch(state as RunSnapshot, event);
+      }
+      expect(state).toEqual((await world.viewer.get(`/runs/${runId}/progress`)).body);
     } finally {
       client.ws.close();
     }

@@ -5,6 +5,7 @@ import {
   type RunSnapshot,
   type SnapshotEvent,
 } from '@runcast/protocol';
+import type { DeflatedFrames } from './socket-writer.js';
 import type { GzipFrames } from './sse-writer.js';
 
 const CRLF = Buffer.from('\r\n');
@@ -43,6 +44,8 @@ export class EncodedEvent {
   socketPacket: string | undefined = undefined;
   /** This event's frames for gzipped SSE streams, built by their writer on first use. */
   sseGzip: GzipFrames | undefined = undefined;
+  /** This event's compressed WebSocket frames, built by their writer on first use. */
+  socketDeflate: DeflatedFrames | undefined = undefined;
 
   constructor(
     readonly event: Frame,

@@ -18,6 +18,8 @@ const STORED_BELOW_BYTES = 128;
  * percent of the default level, at about half the CPU.
  */
 const LEVEL = 1;
+/** The bytes zlib keeps ahead of its matches, which a window must hold besides what it refers to. */
+const ZLIB_LOOKAHEAD = 262;
 /** A gzip member's header: deflate, no name, no time, unknown OS (RFC 1952). */
 const GZIP_HEADER = Buffer.from([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]);
 /** The last block (BFINAL, fixed Huffman codes, end of block alone), byte-aligned. */
@@ -38,8 +40,9 @@ function storedPiece(text: string, length: number): DeflatedPiece {
  * buffer no larger than needed (a 32 KB window, the default hash table and a 16 KB output
  * buffer would allocate ~300 KB per call, which the allocator then keeps as heap).
  */
-function deflateOptions(length: number) {
-  const windowBits = Math.min(15, Math.max(9, Math.ceil(Math.log2(length))));
+function deflateOptions(length: number, maxWindowBits = 15) {
+  // zlib matches no further back than its window less its lookahead (MIN_LOOKAHEAD, 262 bytes).
+  const windowBits = Math.min(maxWindowBits, Math.max(9, Math.ceil(Math.log2(length + ZLIB_LOOKAHEAD))));
   return {
     level: LEVEL,
     windowBits,
@@ -49,12 +52,23 @@ function deflateOptions(length: number) {
   };
 }
 
+/**
+ * `raw` as raw deflate blocks ending on a sync flush (`00 00 ff ff`), its matches referring back
+ * at most into `history` — bytes the decoder is known to have just produced — and never further.
+ */
+export function deflateAfter(raw: Buffer, history?: Buffer, maxWindowBits = 15): Buffer {
+  const options = deflateOptions((history?.length ?? 0) + raw.length, maxWindowBits);
+  if (!history || history.length === 0) return deflateRawSync(raw, options);
+  const dictionary = history.subarray(Math.max(0, history.length - 2 ** options.windowBits));
+  return deflateRawSync(raw, { ...options, dictionary });
+}
+
 /** Compresses `text` into a piece that continues any gzip stream (see DeflatedPiece). */
 export function deflatePiece(text: string): DeflatedPiece {
   const length = Buffer.byteLength(text);
   if (length < STORED_BELOW_BYTES) return storedPiece(text, length);
   const raw = Buffer.from(text);
-  return { raw, deflated: deflateRawSync(raw, deflateOptions(length)) };
+  return { raw, deflated: deflateAfter(raw) };
 }
 
 /**
@@ -79,9 +93,7 @@ const MAX_SUFFIX_BYTES = 256;
 export function deflatePieceAfter(text: string, tail: StreamTail): DeflatedPiece {
   const raw = Buffer.from(text);
   const history = tail.suffix.length > 0 ? Buffer.concat([tail.after.raw, tail.suffix]) : tail.after.raw;
-  const options = deflateOptions(history.length + raw.length);
-  const dictionary = history.subarray(Math.max(0, history.length - 2 ** options.windowBits));
-  return { raw, deflated: deflateRawSync(raw, { ...options, dictionary }) };
+  return { raw, deflated: deflateAfter(raw, history) };
 }
 
 /** Whether two tails are the same bytes (the same shared piece, the same own bytes after it). */

@@ -3,6 +3,7 @@ import type { Socket } from 'socket.io';
 import { Encoder, PacketType } from 'socket.io-parser';
 import * as ws from 'ws';
 import type { EncodedEvent } from './encoded-event.js';
+import { deflateAfter } from './gzip-stream.js';
 
 // Internals of socket.io / engine.io / ws the Socket.IO gateway relies on, named in this file
 // only. Without per-message deflate, events go out the way Socket.IO's own broadcast sends a
@@ -29,8 +30,14 @@ interface WsSocket {
   readyState: number;
   /** The negotiated extensions, comma-separated (public in ws). */
   extensions: string;
-  send(data: string, cb?: (err?: Error) => void): void;
+  send(data: string, options?: WsSendOptions | SendCallback, cb?: SendCallback): void;
   _sender?: FrameSender;
+  /** The negotiated extensions' objects; permessage-deflate's `params` are what was agreed. */
+  _extensions?: Record<string, { params?: { server_max_window_bits?: number } } | undefined>;
+}
+type SendCallback = (err?: Error) => void;
+interface WsSendOptions {
+  compress?: boolean;
 }
 interface FrameSender {
   sendFrame(list: readonly Buffer[], cb?: (err?: Error) => void): void;
@@ -46,6 +53,15 @@ const encoder = new Encoder();
 // ws's module exports Sender (its frame builder); its type declarations do not list it.
 const senderOf = (ws as unknown as { Sender: FrameBuilder }).Sender;
 const TEXT_FRAME = { readOnly: false, mask: false, rsv1: false, opcode: 1, fin: true };
+/** A compressed message's frame (RSV1: permessage-deflate, RFC 7692). */
+const COMPRESSED_TEXT_FRAME = { ...TEXT_FRAME, rsv1: true };
+/** The `00 00 ff ff` a sync flush ends with, which a permessage-deflate sender leaves out. */
+const SYNC_FLUSH_TAIL = 4;
+/**
+ * The deflate window of compressed frames, and the gateway's `serverMaxWindowBits`: 1 KB, enough
+ * for the packet before (a progress update's packet is a few hundred bytes).
+ */
+export const DEFLATE_WINDOW_BITS = 10;
 const WS_OPEN = 1;
 const PER_MESSAGE_DEFLATE = 'permessage-deflate';
 
@@ -78,6 +94,40 @@ export function socketFrame(event: EncodedEvent): readonly Buffer[] {
   const frame = [Buffer.concat(senderOf.frame(Buffer.from(socketPacket(event)), TEXT_FRAME))];
   event.socketFrame = frame;
   return frame;
+}
+
+/**
+ * An event's `run_event` packet as compressed frames, each made once for every socket: alone,
+ * and after the packet before it (kept as its text, never as the event, so that no event holds
+ * the run's history).
+ */
+export interface DeflatedFrames {
+  alone?: Buffer;
+  after?: { previousPacket: string; frame: Buffer };
+}
+
+function compressedFrame(packet: string, previousPacket?: string): Buffer {
+  const history = previousPacket === undefined ? undefined : Buffer.from(previousPacket);
+  const deflated = deflateAfter(Buffer.from(packet), history, DEFLATE_WINDOW_BITS);
+  return Buffer.concat(
+    senderOf.frame(deflated.subarray(0, deflated.length - SYNC_FLUSH_TAIL), COMPRESSED_TEXT_FRAME),
+  );
+}
+
+/**
+ * The event's compressed frame for a socket whose last compressed message was `previousPacket`:
+ * made after that packet when the first socket to send this event had sent the same one (the
+ * sockets of a run get its events in the same order, so this is the rule), alone otherwise.
+ */
+function deflatedFrame(event: EncodedEvent, previousPacket: string | undefined): Buffer {
+  event.socketDeflate ??= {};
+  const frames = event.socketDeflate;
+  if (previousPacket !== undefined) {
+    frames.after ??= { previousPacket, frame: compressedFrame(socketPacket(event), previousPacket) };
+    if (frames.after.previousPacket === previousPacket) return frames.after.frame;
+  }
+  frames.alone ??= compressedFrame(socketPacket(event));
+  return frames.alone;
 }
 
 /** How a Socket.IO connection's `run_event` packets reach its WebSocket. */
@@ -138,7 +188,30 @@ class FrameWriter extends WebSocketWriter {
     const [first] = events;
     const frame =
       events.length === 1 && first ? socketFrame(first) : [Buffer.concat(events.flatMap(socketFrame))];
-    this.sender.sendFrame(frame, this.onSent);
+    this.sendFrames(frame);
+  }
+
+  protected sendFrames(frames: readonly Buffer[]): void {
+    this.sender.sendFrame(frames, this.onSent);
+  }
+}
+
+/**
+ * Per-message deflate with frames made once for every socket: each event's packet is compressed
+ * after the packet before it, which the client's inflater holds in its window when it was this
+ * socket's last compressed message (else the frame made alone goes). `ws` compresses nothing of
+ * the connection's itself (see `socketWriterFor`): the client's window holds only these frames.
+ */
+class SharedDeflateWriter extends FrameWriter {
+  private lastPacket: string | undefined;
+
+  protected override send(events: readonly EncodedEvent[]): void {
+    const frames: Buffer[] = [];
+    for (const event of events) {
+      frames.push(deflatedFrame(event, this.lastPacket));
+      this.lastPacket = socketPacket(event);
+    }
+    this.sendFrames(frames.length === 1 ? frames : [Buffer.concat(frames)]);
   }
 }
 
@@ -166,12 +239,23 @@ export function socketWriterFor(socket: Socket, drained: () => void): SocketWrit
   if (!wsSocket || typeof wsSocket.send !== 'function' || typeof wsSocket.extensions !== 'string') {
     throw new Error('engine.io or ws changed: no WebSocket under the transport');
   }
-  if (wsSocket.extensions.split(',').includes(PER_MESSAGE_DEFLATE)) {
-    return new DeflateWriter(engine, wsSocket, drained);
-  }
   const sender = wsSocket._sender;
   if (typeof sender?.sendFrame !== 'function') {
     throw new Error('engine.io or ws changed: no Sender.sendFrame under the WebSocket');
   }
-  return new FrameWriter(engine, wsSocket, sender, drained);
+  if (!wsSocket.extensions.split(',').includes(PER_MESSAGE_DEFLATE)) {
+    return new FrameWriter(engine, wsSocket, sender, drained);
+  }
+  const windowBits = wsSocket._extensions?.[PER_MESSAGE_DEFLATE]?.params?.server_max_window_bits ?? 15;
+  // A client that asked for a smaller window than the shared frames use gets ws's own compressor.
+  if (windowBits < DEFLATE_WINDOW_BITS) return new DeflateWriter(engine, wsSocket, drained);
+  // Everything else of the connection (acks, pings, errors) goes uncompressed: a message ws
+  // compressed with a context of its own would refer back to bytes that are not where it thinks
+  // in the client's window, which holds the shared frames too.
+  const send = wsSocket.send;
+  wsSocket.send = (data, options, cb) => {
+    if (typeof options === 'function') send.call(wsSocket, data, { compress: false }, options);
+    else send.call(wsSocket, data, { ...options, compress: false }, cb);
+  };
+  return new SharedDeflateWriter(engine, wsSocket, sender, drained);
 }

@@ -11,7 +11,7 @@ import type { ProxyTrust } from '../http/proxy-trust.js';
 import type { Metrics } from '../metrics.js';
 import type { EncodedEvent } from './encoded-event.js';
 import type { Hub } from './hub.js';
-import { engineOf, type SocketWriter, socketWriterFor } from './socket-writer.js';
+import { DEFLATE_WINDOW_BITS, engineOf, type SocketWriter, socketWriterFor } from './socket-writer.js';
 import { failureOf } from './sse.js';
 import type { DisconnectReason, RunFailure, Sink } from './subscriber.js';
 
@@ -43,7 +43,7 @@ export interface SocketGatewayOptions {
  */
 const PER_MESSAGE_DEFLATE = {
   threshold: 128,
-  serverMaxWindowBits: 10,
+  serverMaxWindowBits: DEFLATE_WINDOW_BITS,
   zlibDeflateOptions: { level: 1, memLevel: 2, chunkSize: 1024 },
 };
 

@@ -44,6 +44,9 @@ export interface SocketGatewayOptions {
 const PER_MESSAGE_DEFLATE = {
   threshold: 128,
   serverMaxWindowBits: DEFLATE_WINDOW_BITS,
+  // A client that compresses what it sends (pongs, subscribes) costs the server an inflater for
+  // the connection: with a 512-byte window instead of 32 KB.
+  clientMaxWindowBits: 9,
   zlibDeflateOptions: { level: 1, memLevel: 2, chunkSize: 1024 },
 };
 

@@ -49,8 +49,12 @@ export interface PostgresStoreOptions extends CommitSettings {
   /** `postgres://` or `postgresql://` connection URL. */
   url: string;
   /**
-   * Transactions that commit at once (default 4). A run always commits through the same one, so
-   * one process settles a run's commits in call order; different runs commit in parallel.
+   * Transactions that commit at once (default 1). A run always commits through the same one, so
+   * one process settles a run's commits in call order; different runs may commit in parallel.
+   * One lane makes the largest batches (everything that arrives while the last one commits): at
+   * 2,000 events/s on three nodes it cost the nodes 18% less CPU and PostgreSQL half as much as
+   * four lanes, and acknowledged more updates/s (8,239 against 5,785) — a batch is one short
+   * statement, and each one is a notification every node wakes up for.
    */
   commitLanes?: number;
   /** Connections in the pool (default 10); at least `commitLanes` + 1. */
@@ -61,7 +65,7 @@ export interface PostgresStoreOptions extends CommitSettings {
   notifier?: CommitNotifier | undefined;
 }
 
-const DEFAULT_COMMIT_LANES = 4;
+const DEFAULT_COMMIT_LANES = 1;
 /** Advisory lock keys ("RCM1", "RCI1"): one node migrates at a time; one node prunes keys at a time. */
 const MIGRATION_LOCK = 0x52434d31;
 const IDEMPOTENCY_PRUNE_LOCK = 0x52434931;

@@ -1,6 +1,13 @@
 import { existsSync, mkdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { type Browser, chromium } from 'playwright-core';
+import { expect } from 'vitest';
+import {
+  makeWorld,
+  startServer,
+  type TestServer,
+  type World,
+} from '../packages/server/src/test-support/server.js';
 
 /** Where screenshots go: test artifacts, never committed. */
 export const ARTIFACTS = fileURLToPath(new URL('../test-results/', import.meta.url));
@@ -26,4 +33,29 @@ export async function launchBrowser(): Promise<Browser> {
       '--disable-sync',
     ],
   });
+}
+
+/** A server (with `env`), its users and project, and Chromium: what a browser suite starts with. */
+export interface BrowserWorld {
+  server: TestServer;
+  world: World;
+  browser: Browser;
+  /** Closes Chromium and the server; the server must have logged no error. */
+  close(): Promise<void>;
+}
+
+export async function startBrowserWorld(env: Record<string, string> = {}): Promise<BrowserWorld> {
+  const server = await startServer(env);
+  const world = await makeWorld(server.url);
+  const browser = await launchBrowser();
+  return {
+    server,
+    world,
+    browser,
+    async close() {
+      await browser.close();
+      expect(server.errorLogs).toEqual([]);
+      await server.close();
+    },
+  };
 }

@@ -1,33 +1,24 @@
 import { join } from 'node:path';
 import type { Browser, BrowserContext, Page } from 'playwright-core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import {
-  ADMIN_PASSWORD,
-  type Api,
-  makeWorld,
-  startServer,
-  type TestServer,
-  type World,
-} from '../packages/server/src/test-support/server.js';
-import { ARTIFACTS, launchBrowser } from './browser.js';
+import { ADMIN_PASSWORD, type Api, type World } from '../packages/server/src/test-support/server.js';
+import { ARTIFACTS, type BrowserWorld, startBrowserWorld } from './browser.js';
 
-let server: TestServer;
+let started: BrowserWorld;
+let server: BrowserWorld['server'];
 let world: World;
 let browser: Browser;
 const contexts: BrowserContext[] = [];
 
 beforeAll(async () => {
-  server = await startServer();
-  world = await makeWorld(server.url);
-  browser = await launchBrowser();
+  started = await startBrowserWorld();
+  ({ server, world, browser } = started);
 });
 afterEach(async () => {
   for (const context of contexts.splice(0)) await context.close();
 });
 afterAll(async () => {
-  await browser?.close();
-  expect(server.errorLogs).toEqual([]);
-  await server.close();
+  await started?.close();
 });
 
 interface Blocks {

@@ -444,7 +444,10 @@ export async function runBytes(params: BytesParams, log: (line: string) => void)
   const viewers: ViewerBytes[] = [];
   let replays: ReplayBytes[] = [];
   for (const deflate of [false, true]) {
-    const server = await RuncastServer.start(deflate ? { RUNCAST_WS_COMPRESSION: 'on' } : {}, { cpu: null });
+    const server = await RuncastServer.start(
+      { RUNCAST_WS_COMPRESSION: deflate ? 'on' : 'off' },
+      { cpu: null },
+    );
     const relay = await ByteRelay.start(server.port);
     try {
       for (const encoding of ENCODINGS.filter((e) => e.deflate === deflate)) {

@@ -98,8 +98,10 @@ export function deflatePieceAfter(text: string, tail: StreamTail): DeflatedPiece
 
 /** Whether two tails are the same bytes (the same shared piece, the same own bytes after it). */
 export function sameTail(a: StreamTail, b: StreamTail): boolean {
-  return a.after === b.after && a.suffix.equals(b.suffix);
+  return a.after === b.after && (a.suffix === b.suffix || a.suffix.equals(b.suffix));
 }
+
+const NO_BYTES = Buffer.alloc(0);
 
 /**
  * One gzip member written a piece at a time, every piece decodable as soon as it arrives: there
@@ -113,7 +115,9 @@ export class GzipStream {
   private size = 0;
   private started = false;
   private lastShared: DeflatedPiece | undefined;
-  private suffix: Buffer = Buffer.alloc(0);
+  private suffix: Buffer = NO_BYTES;
+  /** `tail()`'s answer until the next piece: one object per write, not per look. */
+  private tailSeen: StreamTail | undefined;
 
   /**
    * Counts `piece` into the member's checksum and length; answers the header to send before it
@@ -123,9 +127,10 @@ export class GzipStream {
   add(piece: DeflatedPiece, shared = false): Buffer | undefined {
     this.crc = crc32(piece.raw, this.crc);
     this.size = (this.size + piece.raw.length) >>> 0;
+    this.tailSeen = undefined;
     if (shared) {
       this.lastShared = piece;
-      this.suffix = Buffer.alloc(0);
+      this.suffix = NO_BYTES;
     } else if (this.lastShared) {
       if (this.suffix.length + piece.raw.length > MAX_SUFFIX_BYTES) this.lastShared = undefined;
       else this.suffix = Buffer.concat([this.suffix, piece.raw]);
@@ -143,7 +148,9 @@ export class GzipStream {
 
   /** What the stream ended with, if a piece may be compressed after it. */
   tail(): StreamTail | undefined {
-    return this.lastShared ? { after: this.lastShared, suffix: this.suffix } : undefined;
+    if (!this.lastShared) return undefined;
+    this.tailSeen ??= { after: this.lastShared, suffix: this.suffix };
+    return this.tailSeen;
   }
 
   /** The bytes that end the member: the last block, the CRC-32 and the length mod 2^32. */

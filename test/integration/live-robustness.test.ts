@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { type ClientRequest, request as httpRequest, type IncomingMessage } from 'node:http';
@@ -374,7 +375,8 @@ describe('slow consumer', () => {
   const UPDATES_PER_ROUND = 5;
   // About 400 bytes an event: 20,000 log events are ~8 MB, more than the kernel buffers of a
   // loopback connection (4 MB send + 128 KB receive) plus the queue limit can absorb.
-  const PADDING = 'x'.repeat(220);
+  // Random, so that a compressed connection (per-message deflate) fills its buffers as fast.
+  const padding = () => randomBytes(165).toString('base64');
 
   let server: TestServer;
   let world: World;
@@ -450,7 +452,7 @@ describe('slow consumer', () => {
     for (let round = 0; round < ROUNDS; round++) {
       const entries: LogEntry[] = Array.from({ length: LOGS_PER_ROUND }, () => {
         line++;
-        return { level: 'info', message: `line ${line} ${PADDING}` };
+        return { level: 'info', message: `line ${line} ${padding()}` };
       });
       ackedLogs.push(...(await postLogs(world.worker, runId, entries)));
       for (let u = 0; u < UPDATES_PER_ROUND; u++) {
@@ -596,7 +598,7 @@ describe('slow consumer', () => {
     for (let round = 0; round < ROUNDS; round++) {
       const entries: LogEntry[] = Array.from({ length: LOGS_PER_ROUND }, () => {
         line++;
-        return { level: 'info', message: `line ${line} ${PADDING}` };
+        return { level: 'info', message: `line ${line} ${padding()}` };
       });
       ackedLogs.push(...(await postLogs(world.worker, runId, entries)));
       for (let u = 0; u < UPDATES_PER_ROUND; u++) {
@@ -1170,12 +1172,13 @@ describe('graceful shutdown with busy connections (in-process)', () => {
     });
 
     // ~12 MB of events: more than the loopback buffers take, less than the queue limit.
-    const padding = 'y'.repeat(1000);
+    // Random, so that the compressed WebSocket (per-message deflate) fills its buffers too.
+    const padding = () => randomBytes(750).toString('base64');
     let published = 0;
     for (let round = 0; round < 40; round++) {
       const entries: LogEntry[] = Array.from({ length: 250 }, (_, i) => ({
         level: 'info',
-        message: `busy ${round}/${i} ${padding}`,
+        message: `busy ${round}/${i} ${padding()}`,
       }));
       published += (await postLogs(world.worker, runId, entries)).length;
     }

@@ -1,9 +1,9 @@
 import { connect, type Socket } from 'node:net';
-import { createGunzip, constants as zlib } from 'node:zlib';
 import { io as ioClient } from 'socket.io-client';
 import WebSocket from 'ws';
 import { requestText } from '../raw-http.js';
 import { nowMs } from '../time.js';
+import { inflateShared, SharedGunzip } from './shared-inflate.js';
 import { type ClientState, scanEvent } from './tracker.js';
 
 /** Which server and protocol the subscribers speak. */
@@ -156,8 +156,10 @@ class SseSubscriber extends BaseSubscriber {
   private skipCrlf = 0;
   private sizeLine = '';
   private partial = '';
-  /** Inflates a gzip stream's body before it is read as frames. */
-  private gunzip: ReturnType<typeof createGunzip> | undefined;
+  /** Inflates a gzip stream's body, chunk by chunk, before it is read as frames. */
+  private gunzip: SharedGunzip | undefined;
+  /** The gzip stream's current chunk, until it is whole. */
+  private piece = '';
 
   protected connect(generation: number): void {
     const { target, state } = this;
@@ -169,8 +171,8 @@ class SseSubscriber extends BaseSubscriber {
     const path = runcast
       ? `/api/v1/runs/${state.runId}/stream${target.delta ? '?delta=1' : ''}`
       : `/stream?run=${state.runId}`;
-    this.gunzip?.destroy();
     this.gunzip = undefined;
+    this.piece = '';
     this.head = '';
     this.chunked = false;
     this.chunkLeft = -1;
@@ -188,7 +190,6 @@ class SseSubscriber extends BaseSubscriber {
 
   protected disconnect(): void {
     this.socket?.destroy();
-    this.gunzip?.destroy();
   }
 
   private onData(generation: number, data: string): void {
@@ -200,10 +201,12 @@ class SseSubscriber extends BaseSubscriber {
       const rest = this.head.slice(end + 4);
       this.chunked = /\r\ntransfer-encoding:\s*chunked/i.test(this.head.slice(0, end));
       if (/\r\ncontent-encoding:\s*gzip/i.test(this.head.slice(0, end))) {
-        const gunzip = createGunzip({ finishFlush: zlib.Z_SYNC_FLUSH });
-        gunzip.on('data', (inflated: Buffer) => this.onText(inflated.toString('latin1')));
-        gunzip.on('error', (err) => this.lost(generation, `sse: gzip: ${err.message}`));
-        this.gunzip = gunzip;
+        if (!this.chunked) {
+          this.socket?.destroy();
+          this.lost(generation, 'sse: a gzip stream not chunked');
+          return;
+        }
+        this.gunzip = new SharedGunzip();
       }
       this.head = undefined;
       if (status === 204) {
@@ -229,10 +232,14 @@ class SseSubscriber extends BaseSubscriber {
     while (at < data.length) {
       if (this.chunkLeft > 0) {
         const take = Math.min(this.chunkLeft, data.length - at);
-        text += data.slice(at, at + take);
+        if (this.gunzip) this.piece += data.slice(at, at + take);
+        else text += data.slice(at, at + take);
         at += take;
         this.chunkLeft -= take;
-        if (this.chunkLeft === 0) this.skipCrlf = 2;
+        if (this.chunkLeft === 0) {
+          this.skipCrlf = 2;
+          if (this.gunzip && !this.onPiece(generation)) return;
+        }
       } else if (this.skipCrlf > 0) {
         at++;
         this.skipCrlf--;
@@ -258,10 +265,28 @@ class SseSubscriber extends BaseSubscriber {
     if (text) this.onBody(text);
   }
 
-  /** Body bytes as they came: inflated first when the stream is gzip. */
+  /** Body bytes as they came, from a stream that is not gzip. */
   private onBody(text: string): void {
-    if (this.gunzip) this.gunzip.write(Buffer.from(text, 'latin1'));
-    else this.onText(text);
+    this.onText(text);
+  }
+
+  /**
+   * A whole chunk of a gzip stream: one server write, ending on a sync flush. False when it does
+   * not inflate (the stream is then lost, unless it had already given the run's end).
+   */
+  private onPiece(generation: number): boolean {
+    const piece = this.piece;
+    this.piece = '';
+    let inflated: Buffer;
+    try {
+      inflated = (this.gunzip as SharedGunzip).inflate(Buffer.from(piece, 'latin1'));
+    } catch (err) {
+      this.socket?.destroy();
+      if (!this.state.finished) this.lost(generation, `sse: gzip: ${(err as Error).message}`);
+      return false;
+    }
+    this.onText(inflated.toString('latin1'));
+    return true;
   }
 
   private onText(chunk: string): void {
@@ -306,6 +331,7 @@ class LeanSocketIoSubscriber extends BaseSubscriber {
       skipUTF8Validation: true,
     });
     this.socket = socket;
+    if (target.deflate === true) socket.once('open', () => inflateShared(socket));
     socket.on('message', (data: Buffer) => this.onPacket(socket, data.toString()));
     socket.on('error', (err) => this.lost(generation, `socket.io: ${err.message}`));
     socket.on('close', () => this.lost(generation, 'socket.io: closed'));

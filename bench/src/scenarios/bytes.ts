@@ -399,30 +399,19 @@ interface FanoutVariant {
   label: string;
   encoding: FanoutParams['encoding'];
   serverEnv?: Record<string, string>;
-  /**
-   * Subscribers, when not the fan-out's: the load's one core cannot inflate 5,000 deflated
-   * WebSockets at 50,000 messages/s, and a load that falls behind makes the server's CPU per
-   * delivered event meaningless, so permessage-deflate is compared at a scale the load carries.
-   */
-  subscribers?: number;
 }
 
-const DEFLATE_SUBSCRIBERS_MAX = 1000;
 const WS_DEFLATE = 'delta + permessage-deflate';
-const WS_TODAY_SMALL = `${TODAY}, beside permessage-deflate`;
 
-function fanoutVariants(subscribers: number): FanoutVariant[] {
-  const small = Math.min(subscribers, DEFLATE_SUBSCRIBERS_MAX);
+function fanoutVariants(): FanoutVariant[] {
   return [
     { transport: 'websocket', label: TODAY, encoding: {} },
     { transport: 'websocket', label: 'delta', encoding: { delta: true } },
-    { transport: 'websocket', label: WS_TODAY_SMALL, encoding: {}, subscribers: small },
     {
       transport: 'websocket',
       label: WS_DEFLATE,
       encoding: { delta: true, deflate: true },
       serverEnv: { RUNCAST_WS_COMPRESSION: 'on' },
-      subscribers: small,
     },
     { transport: 'sse', label: TODAY, encoding: {} },
     { transport: 'sse', label: 'delta', encoding: { delta: true } },
@@ -490,11 +479,10 @@ export async function runBytes(params: BytesParams, log: (line: string) => void)
 
   // 3. CPU per delivered event and p99 at fan-out scale, each encoding on a fresh server.
   const fanouts: { variant: FanoutVariant; measured: FanoutMeasurement }[] = [];
-  const variants = fanoutVariants(params.fanout.perRun);
+  const variants = fanoutVariants();
   for (const variant of variants) {
     const fanoutParams: FanoutParams = {
       ...params.fanout,
-      perRun: variant.subscribers ?? params.fanout.perRun,
       id: `bytes-${variant.transport}`,
       title: `${variant.transport} ${variant.label}`,
       scale: '',
@@ -521,9 +509,8 @@ export async function runBytes(params: BytesParams, log: (line: string) => void)
   const fanout = (transport: string, label: string) =>
     fanouts.find((f) => f.variant.transport === transport && f.variant.label === label)?.measured;
   const bare = (transport: string) => baselines.find((b) => b.transport === transport);
-  /** Today's encoding measured beside a variant, at its scale. */
-  const todayOf = (variant: FanoutVariant) =>
-    fanout(variant.transport, variant.subscribers ? WS_TODAY_SMALL : TODAY);
+  /** Today's encoding, measured beside a variant. */
+  const todayOf = (variant: FanoutVariant) => fanout(variant.transport, TODAY);
 
   const rows: Row[] = [];
   const bytesTarget = (transport: ConnectionMethod, label: string, limit: number, what: string) => {
@@ -573,12 +560,12 @@ export async function runBytes(params: BytesParams, log: (line: string) => void)
     });
   }
   for (const variant of variants) {
-    if (variant.label === TODAY || variant.label === WS_TODAY_SMALL) continue;
+    if (variant.label === TODAY) continue;
     const measured = fanout(variant.transport, variant.label);
     if (!measured) continue;
     const today = todayOf(variant);
     rows.push({
-      figure: `${fmt(variant.subscribers ?? params.fanout.perRun)}-subscriber ${variant.transport} fan-out: server CPU per delivered event (µs), ${variant.label} (today: ${today ? today.cpuUsPerEvent.toFixed(2) : '—'})`,
+      figure: `${fmt(params.fanout.perRun)}-subscriber ${variant.transport} fan-out: server CPU per delivered event (µs), ${variant.label} (today: ${today ? today.cpuUsPerEvent.toFixed(2) : '—'})`,
       runcast: measured.cpuUsPerEvent,
       baselines: [],
       digits: 2,
@@ -664,7 +651,7 @@ export async function runBytes(params: BytesParams, log: (line: string) => void)
       rows: fanouts.map(({ variant, measured }) => [
         variant.transport,
         variant.label,
-        fmt(variant.subscribers ?? params.fanout.perRun),
+        fmt(params.fanout.perRun),
         fmt(measured.eventsPerS),
         measured.cpuUsPerEvent.toFixed(2),
         ratio(measured.cpuUsPerEvent, todayOf(variant)?.cpuUsPerEvent),

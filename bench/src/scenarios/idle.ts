@@ -17,7 +17,13 @@ export interface IdleParams {
   settleMs: number;
 }
 
-type IdleSystem = 'runcast-websocket' | 'runcast-sse' | 'bare-socketio' | 'bare-ws' | 'bare-sse';
+type IdleSystem =
+  | 'runcast-websocket'
+  | 'runcast-websocket-deflate'
+  | 'runcast-sse'
+  | 'bare-socketio'
+  | 'bare-ws'
+  | 'bare-sse';
 
 interface Step {
   connections: number;
@@ -47,8 +53,9 @@ async function startServer(system: IdleSystem): Promise<{
   memory(): Promise<NodeJS.MemoryUsage>;
   stop(): Promise<void>;
 }> {
-  if (system === 'runcast-websocket' || system === 'runcast-sse') {
-    const server = await RuncastServer.start();
+  if (system === 'runcast-websocket' || system === 'runcast-websocket-deflate' || system === 'runcast-sse') {
+    const deflate = system === 'runcast-websocket-deflate';
+    const server = await RuncastServer.start(deflate ? { RUNCAST_WS_COMPRESSION: 'on' } : {});
     const [runId] = await server.createRuns(1);
     return {
       pid: server.pid,
@@ -60,6 +67,7 @@ async function startServer(system: IdleSystem): Promise<{
         token: server.token,
         resume: false,
         socketIoClient: 'lean',
+        deflate,
       },
       memory: () => server.memory(),
       stop: () => server.stop(),
@@ -153,7 +161,14 @@ export async function runIdle(params: IdleParams, log: (line: string) => void): 
   log(`\n## ${params.title}`);
   const measured = new Map<IdleSystem, IdleMeasurement>();
   const problems: string[] = [];
-  const systems: IdleSystem[] = ['runcast-websocket', 'bare-socketio', 'bare-ws', 'runcast-sse', 'bare-sse'];
+  const systems: IdleSystem[] = [
+    'runcast-websocket',
+    'runcast-websocket-deflate',
+    'bare-socketio',
+    'bare-ws',
+    'runcast-sse',
+    'bare-sse',
+  ];
   for (const system of systems) {
     try {
       const m = await measure(system, params, log);
@@ -169,6 +184,11 @@ export async function runIdle(params: IdleParams, log: (line: string) => void): 
   const rows: Row[] = [];
   const groups: { name: string; runcast: IdleSystem; baselines: (IdleSystem & SystemName)[] }[] = [
     { name: 'WebSocket', runcast: 'runcast-websocket', baselines: ['bare-socketio', 'bare-ws'] },
+    {
+      name: 'WebSocket with permessage-deflate',
+      runcast: 'runcast-websocket-deflate',
+      baselines: ['bare-socketio', 'bare-ws'],
+    },
     { name: 'SSE', runcast: 'runcast-sse', baselines: ['bare-sse'] },
   ];
   for (const group of groups) {

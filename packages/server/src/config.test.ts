@@ -13,7 +13,7 @@ describe('configuration', () => {
       headersTimeoutMs: 10_000,
       httpCompression: { enabled: true, minBytes: 1024 },
       sseCompression: 'gzip',
-      wsCompression: false,
+      wsCompression: true,
     });
   });
 

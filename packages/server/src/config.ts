@@ -310,6 +310,6 @@ export function loadConfig(env: Env = process.env, args: string[] = []): Config 
       ),
     },
     sseCompression: oneOf('RUNCAST_SSE_COMPRESSION', env.RUNCAST_SSE_COMPRESSION, ['off', 'gzip'], 'gzip'),
-    wsCompression: boolean('RUNCAST_WS_COMPRESSION', env.RUNCAST_WS_COMPRESSION, false),
+    wsCompression: boolean('RUNCAST_WS_COMPRESSION', env.RUNCAST_WS_COMPRESSION, true),
   };
 }

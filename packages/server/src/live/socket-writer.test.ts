@@ -1,7 +1,9 @@
+import type { AddressInfo } from 'node:net';
 import type { LogEvent } from '@runcast/protocol';
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
+import WebSocket from 'ws';
 import { EncodedEvent } from './encoded-event.js';
-import { socketFrame } from './socket-writer.js';
+import { BoundedDeflateServer, socketFrame } from './socket-writer.js';
 
 /** Reads one unmasked WebSocket frame: its first byte and its payload. */
 function readFrame(frame: Buffer): { head: number; masked: boolean; payload: string; rest: number } {
@@ -50,5 +52,83 @@ describe('Socket.IO frame of an event', () => {
   it('is built once per event', () => {
     const event = logEvent('once');
     expect(socketFrame(event)).toBe(socketFrame(event));
+  });
+});
+
+describe('BoundedDeflateServer', () => {
+  interface Deflate {
+    _inflate: unknown;
+    _deflate: unknown;
+    params: Record<string, unknown>;
+    decompress(data: Buffer, fin: boolean, cb: (err: Error | null, result?: Buffer) => void): void;
+    _decompress(data: Buffer, fin: boolean, cb: (err: Error | null, result?: Buffer) => void): void;
+  }
+  const deflateOf = (socket: WebSocket) =>
+    (socket as unknown as { _extensions: Record<string, Deflate> })._extensions[
+      'permessage-deflate'
+    ] as Deflate;
+  let server: BoundedDeflateServer | undefined;
+  afterEach(() => server?.close());
+
+  /** A server and a client that compresses every message it sends; the server's side of it. */
+  async function connect(): Promise<{ client: WebSocket; accepted: WebSocket; received: string[] }> {
+    const created = new BoundedDeflateServer({
+      port: 0,
+      host: '127.0.0.1',
+      perMessageDeflate: { serverMaxWindowBits: 10, clientNoContextTakeover: true },
+    });
+    server = created;
+    await new Promise((resolve) => created.once('listening', resolve));
+    const received: string[] = [];
+    const acceptedP = new Promise<WebSocket>((resolve) =>
+      created.once('connection', (socket) => {
+        socket.on('message', (data) => received.push(data.toString()));
+        resolve(socket);
+      }),
+    );
+    const client = new WebSocket(`ws://127.0.0.1:${(created.address() as AddressInfo).port}`, {
+      perMessageDeflate: { threshold: 0 },
+    });
+    await new Promise((resolve, reject) => client.once('open', resolve).once('error', reject));
+    return { client, accepted: await acceptedP, received };
+  }
+
+  it('inflates what the client compresses with an inflater released after each message', async () => {
+    const { client, accepted, received } = await connect();
+    const deflate = deflateOf(accepted);
+    expect(deflate.params.client_no_context_takeover).toBe(true);
+    const inflaters: unknown[] = [];
+    const inflate = deflate._decompress;
+    // Watch each message's inflater when it has read the message, before the server's wrapper.
+    deflate._decompress = (data, fin, cb) =>
+      inflate.call(deflate, data, fin, (err, result) => {
+        inflaters.push(deflate._inflate);
+        cb(err, result);
+      });
+    const messages = ['subscribe '.repeat(30), '3', 'subscribe '.repeat(30)];
+    for (const message of messages) client.send(message);
+    await expect.poll(() => received.length).toBe(messages.length);
+    expect(received).toEqual(messages);
+    // Each message had an inflater (it was compressed), and none is held once it was read.
+    expect(inflaters.filter(Boolean)).toHaveLength(messages.length);
+    expect(deflate._inflate).toBeNull();
+    client.close();
+  });
+
+  it('compresses nothing itself: a message sent through ws goes uncompressed, no deflater made', async () => {
+    const { client, accepted } = await connect();
+    let compressed = 0;
+    const clientDeflate = deflateOf(client);
+    const decompress = clientDeflate.decompress;
+    clientDeflate.decompress = (data, fin, cb) => {
+      compressed++;
+      decompress.call(clientDeflate, data, fin, cb);
+    };
+    const got = new Promise<string>((resolve) => client.once('message', (data) => resolve(data.toString())));
+    accepted.send('0{"sid":"x"}'.repeat(50));
+    expect(await got).toBe('0{"sid":"x"}'.repeat(50));
+    expect(compressed).toBe(0);
+    expect(deflateOf(accepted)._deflate).toBeNull();
+    client.close();
   });
 });

@@ -1,3 +1,5 @@
+import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
 import { SOCKET_EVENTS } from '@runcast/protocol';
 import type { Socket } from 'socket.io';
 import { Encoder, PacketType } from 'socket.io-parser';
@@ -10,8 +12,8 @@ import { deflateAfter } from './gzip-stream.js';
 // pre-encoded packet (`adapter.broadcast` → engine.io's WebSocket transport → `ws`
 // `Sender.sendFrame` with a frame built once, see websockets/ws#617), minus the per-socket packet
 // objects and events of the layers between. engine.io takes that path only while per-message
-// deflate is off; so does this file: a connection that negotiated it is written through `ws`'s
-// `send`, which compresses.
+// deflate is off; this file takes it either way: with per-message deflate the frames are
+// compressed once for every socket here, and ws compresses nothing (`BoundedDeflateServer`).
 
 /** engine.io's socket under a Socket.IO socket. */
 export interface EngineSocket {
@@ -33,7 +35,15 @@ interface WsSocket {
   send(data: string, options?: WsSendOptions | SendCallback, cb?: SendCallback): void;
   _sender?: FrameSender;
   /** The negotiated extensions' objects; permessage-deflate's `params` are what was agreed. */
-  _extensions?: Record<string, { params?: { server_max_window_bits?: number } } | undefined>;
+  _extensions?: Record<string, PerMessageDeflate | undefined>;
+}
+/** ws's permessage-deflate extension of one connection. */
+interface PerMessageDeflate {
+  params?: { server_max_window_bits?: number; client_no_context_takeover?: boolean };
+  /** Inflates one fragment of a message the client compressed; `fin` on its last. */
+  decompress(data: Buffer, fin: boolean, callback: (err: Error | null, result?: Buffer) => void): void;
+  /** The inflater, made by `decompress` when there is none. */
+  _inflate: { close(): void } | null;
 }
 type SendCallback = (err?: Error) => void;
 interface WsSendOptions {
@@ -138,8 +148,8 @@ export interface SocketWriter {
   write(events: readonly EncodedEvent[]): void;
 }
 
-/** What both writers share: the connection's state and the one write in flight. */
-abstract class WebSocketWriter implements SocketWriter {
+/** Prebuilt uncompressed frames, one `sendFrame` per write: the fast path. */
+class FrameWriter implements SocketWriter {
   /** A write of ours is still being handed to the kernel; `drained` follows when it is. */
   private writing = false;
   protected readonly onSent = (): void => {
@@ -148,8 +158,9 @@ abstract class WebSocketWriter implements SocketWriter {
   };
 
   constructor(
-    protected readonly engine: EngineSocket,
-    protected readonly ws: WsSocket,
+    private readonly engine: EngineSocket,
+    private readonly ws: WsSocket,
+    private readonly sender: FrameSender,
     /** Called when the connection can take the next write. */
     private readonly drained: () => void,
   ) {}
@@ -167,21 +178,6 @@ abstract class WebSocketWriter implements SocketWriter {
     // `isBusy` ensures before the Hub writes.
     this.writing = true;
     this.send(events);
-  }
-
-  /** Sends the events' packets, calling `onSent` once the last is sent. */
-  protected abstract send(events: readonly EncodedEvent[]): void;
-}
-
-/** Prebuilt uncompressed frames, one `sendFrame` per write: the fast path. */
-class FrameWriter extends WebSocketWriter {
-  constructor(
-    engine: EngineSocket,
-    socket: WsSocket,
-    private readonly sender: FrameSender,
-    drained: () => void,
-  ) {
-    super(engine, socket, drained);
   }
 
   protected send(events: readonly EncodedEvent[]): void {
@@ -216,22 +212,10 @@ class SharedDeflateWriter extends FrameWriter {
 }
 
 /**
- * Per-message deflate: each packet is a message through `ws`'s `send`, which compresses it with
- * the connection's deflate context and queues it behind any message still being compressed, so
- * that order holds with engine.io's own writes. The packet's text is built once for every socket.
- */
-class DeflateWriter extends WebSocketWriter {
-  protected send(events: readonly EncodedEvent[]): void {
-    const last = events.length - 1;
-    for (let i = 0; i < last; i++) this.ws.send(socketPacket(events[i] as EncodedEvent));
-    this.ws.send(socketPacket(events[last] as EncodedEvent), this.onSent);
-  }
-}
-
-/**
- * The writer of a connection: through ws's compressor when it negotiated per-message deflate,
- * prebuilt frames otherwise. Throws if engine.io or ws changed under the gateway, at the first
- * connection rather than losing events later.
+ * The writer of a connection: shared compressed frames when it negotiated per-message deflate
+ * with a window that holds them, prebuilt plain frames otherwise (an uncompressed message is
+ * always allowed). Throws if engine.io or ws changed under the gateway, at the first connection
+ * rather than losing events later.
  */
 export function socketWriterFor(socket: Socket, drained: () => void): SocketWriter {
   const engine = engineOf(socket);
@@ -243,19 +227,61 @@ export function socketWriterFor(socket: Socket, drained: () => void): SocketWrit
   if (typeof sender?.sendFrame !== 'function') {
     throw new Error('engine.io or ws changed: no Sender.sendFrame under the WebSocket');
   }
-  if (!wsSocket.extensions.split(',').includes(PER_MESSAGE_DEFLATE)) {
-    return new FrameWriter(engine, wsSocket, sender, drained);
+  const deflate = wsSocket._extensions?.[PER_MESSAGE_DEFLATE];
+  const windowBits = deflate?.params?.server_max_window_bits ?? 15;
+  // A client that asked for a smaller window than the shared frames use gets them uncompressed.
+  if (!deflate || windowBits < DEFLATE_WINDOW_BITS) return new FrameWriter(engine, wsSocket, sender, drained);
+  return new SharedDeflateWriter(engine, wsSocket, sender, drained);
+}
+
+/**
+ * Per-message deflate bounded to what the shared frames need, on every connection that
+ * negotiates it, before engine.io writes its first packet:
+ * - ws compresses nothing of its own (engine.io's open packet, acks, pings): its compressor would
+ *   cost the connection ~80 KB, and a message it compressed with a context of its own would refer
+ *   back to bytes that are not where it thinks in the client's window, which holds the shared
+ *   frames too;
+ * - what the client compresses is inflated with an inflater made for the message and released
+ *   after it, which `client_no_context_takeover` (asked of every client) allows: an idle
+ *   connection holds no zlib state at all.
+ */
+function boundDeflate(wsSocket: WsSocket): void {
+  const deflate = wsSocket._extensions?.[PER_MESSAGE_DEFLATE];
+  if (!deflate) return;
+  if (typeof deflate.decompress !== 'function' || !deflate.params) {
+    throw new Error('ws changed: no PerMessageDeflate.decompress under the WebSocket');
   }
-  const windowBits = wsSocket._extensions?.[PER_MESSAGE_DEFLATE]?.params?.server_max_window_bits ?? 15;
-  // A client that asked for a smaller window than the shared frames use gets ws's own compressor.
-  if (windowBits < DEFLATE_WINDOW_BITS) return new DeflateWriter(engine, wsSocket, drained);
-  // Everything else of the connection (acks, pings, errors) goes uncompressed: a message ws
-  // compressed with a context of its own would refer back to bytes that are not where it thinks
-  // in the client's window, which holds the shared frames too.
   const send = wsSocket.send;
   wsSocket.send = (data, options, cb) => {
     if (typeof options === 'function') send.call(wsSocket, data, { compress: false }, options);
     else send.call(wsSocket, data, { ...options, compress: false }, cb);
   };
-  return new SharedDeflateWriter(engine, wsSocket, sender, drained);
+  if (deflate.params.client_no_context_takeover !== true) return;
+  const decompress = deflate.decompress;
+  deflate.decompress = (data, fin, callback) =>
+    decompress.call(deflate, data, fin, (err, result) => {
+      if (fin && deflate._inflate) {
+        deflate._inflate.close();
+        deflate._inflate = null;
+      }
+      callback(err, result);
+    });
+}
+
+/**
+ * ws's server as engine.io's `wsEngine`, bounding per-message deflate on each connection it
+ * accepts (see `boundDeflate`).
+ */
+export class BoundedDeflateServer extends ws.WebSocketServer {
+  override handleUpgrade(
+    request: IncomingMessage,
+    socket: Duplex,
+    head: Buffer,
+    callback: (client: ws.WebSocket, request: IncomingMessage) => void,
+  ): void {
+    super.handleUpgrade(request, socket, head, (client, upgraded) => {
+      boundDeflate(client as unknown as WsSocket);
+      callback(client, upgraded);
+    });
+  }
 }

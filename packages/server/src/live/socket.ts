@@ -11,7 +11,13 @@ import type { ProxyTrust } from '../http/proxy-trust.js';
 import type { Metrics } from '../metrics.js';
 import type { EncodedEvent } from './encoded-event.js';
 import type { Hub } from './hub.js';
-import { DEFLATE_WINDOW_BITS, engineOf, type SocketWriter, socketWriterFor } from './socket-writer.js';
+import {
+  BoundedDeflateServer,
+  DEFLATE_WINDOW_BITS,
+  engineOf,
+  type SocketWriter,
+  socketWriterFor,
+} from './socket-writer.js';
 import { failureOf } from './sse.js';
 import type { DisconnectReason, RunFailure, Sink } from './subscriber.js';
 
@@ -35,19 +41,15 @@ export interface SocketGatewayOptions {
 }
 
 /**
- * Per-message deflate, as small as ws allows: a 1 KB server window (server_max_window_bits,
- * announced to the client), level 1, a 1 KB output buffer; packets under 128 bytes (pings, acks)
- * go uncompressed. Even so a connection measured ~85 KB more RSS once it compressed, and 3.5-6x
- * the server CPU per delivered event at 1,000-2,000 subscribers (scripts/compression-cost.mjs):
- * hence off by default.
+ * Per-message deflate as negotiated: a 1 KB server window (server_max_window_bits, announced to
+ * the client), which the shared compressed frames use; the client compresses each message on its
+ * own (client_no_context_takeover) with at most a 512-byte window, so the server inflates it with
+ * an inflater it then frees (see `BoundedDeflateServer`).
  */
 const PER_MESSAGE_DEFLATE = {
-  threshold: 128,
   serverMaxWindowBits: DEFLATE_WINDOW_BITS,
-  // A client that compresses what it sends (pongs, subscribes) costs the server an inflater for
-  // the connection: with a 512-byte window instead of 32 KB.
+  clientNoContextTakeover: true,
   clientMaxWindowBits: 9,
-  zlibDeflateOptions: { level: 1, memLevel: 2, chunkSize: 1024 },
 };
 
 interface SocketData {
@@ -110,9 +112,8 @@ export function attachSocketGateway(httpServer: HttpServer, options: SocketGatew
       pingInterval: options.pingIntervalMs,
       pingTimeout: options.pingTimeoutMs,
       serveClient: false,
-      // Off unless asked for: each connection then holds a deflate context and the gateway
-      // writes through ws's compressor instead of prebuilt frames (see socket-writer.ts).
       perMessageDeflate: options.compression ? PER_MESSAGE_DEFLATE : false,
+      wsEngine: BoundedDeflateServer,
     },
   );
 

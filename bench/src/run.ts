@@ -257,6 +257,7 @@ function plan(maxConnections: number, results: ScenarioResult[]): Planned[] {
           ratePerS: 20,
           fanout: fanout({ id: 'bytes', title: 'bytes' }),
           idleConnections: quick ? 100 : 1000,
+          fanoutRounds: quick ? 1 : 2,
         },
         log,
       ),

@@ -2,69 +2,76 @@ import { inflateRawSync, constants as zlib } from 'node:zlib';
 import type WebSocket from 'ws';
 
 /**
- * permessage-deflate inflation for a load of many sockets that receive the same frames: what a
- * compressed message inflates to depends only on the bytes of the message and on the socket's
- * window (the last 2^windowBits bytes it inflated), so sockets with the same history share one
- * inflation of each message. A socket's history is a node of a tree (one child per message
- * that followed it), which holds the window; a message not yet seen after a node is inflated at
- * once against that window, without a zlib stream per socket. The result is what the socket's
- * own inflater would give, at a cost the load's one core can carry for thousands of sockets.
+ * Inflation for a load of many connections that receive the same compressed units (permessage-
+ * deflate messages, or gzip pieces that each end on a sync flush), without a zlib stream per
+ * connection. A unit is inflated at once against a dictionary that is a suffix of the
+ * connection's true window: zlib then gives exactly what the connection's own inflater would, or
+ * fails ("invalid distance too far back") if the unit refers further back — never other bytes.
+ * So a unit is first inflated alone, then after the connection's last message (its last SSE
+ * frame, or its last WebSocket message), then after its whole window. The first two results
+ * are shared by every connection with the same unit and the same last message, which is what
+ * lets one load core read thousands of compressed connections; connections whose writes were
+ * batched differently meet again at the next message.
  */
-interface History {
-  /** The last 2^windowBits bytes inflated on this path (empty at the start of a connection). */
-  window: Buffer;
-  /** The units seen after this history, by their compressed bytes. */
-  next: Map<string, Step>;
-}
-/** A message inflated after a history, and the history it leads to. */
-interface Step {
-  message: Buffer;
-  history: History;
-}
 
 /** The `00 00 ff ff` a permessage-deflate sender leaves off each message (RFC 7692). */
 const TRAILER = Buffer.from([0x00, 0x00, 0xff, 0xff]);
-const roots = new Map<string, History>();
+/** A unit that refers further back than the dictionary it was tried with. */
+const FURTHER_BACK = Symbol('further back');
+type Tried = Buffer | typeof FURTHER_BACK;
 
-function rootFor(windowBits: number, trailer: boolean): History {
-  const kind = `${windowBits}${trailer ? '+trailer' : ''}`;
-  let root = roots.get(kind);
-  if (!root) {
-    root = { window: Buffer.alloc(0), next: new Map() };
-    roots.set(kind, root);
+function tryInflate(unit: Buffer, windowBits: number, dictionary: Buffer | undefined): Tried {
+  try {
+    return inflateRawSync(unit, {
+      windowBits,
+      finishFlush: zlib.Z_SYNC_FLUSH,
+      ...(dictionary && dictionary.length > 0 ? { dictionary } : {}),
+    });
+  } catch (err) {
+    if (/too far back/.test((err as Error).message)) return FURTHER_BACK;
+    throw err;
   }
-  return root;
 }
 
-function inflateAfter(history: History, compressed: Buffer, windowBits: number, trailer: boolean): Step {
-  const key = compressed.toString('latin1');
-  const known = history.next.get(key);
-  if (known) return known;
-  const message = inflateRawSync(trailer ? Buffer.concat([compressed, TRAILER]) : compressed, {
-    windowBits,
-    finishFlush: zlib.Z_SYNC_FLUSH,
-    ...(history.window.length > 0 ? { dictionary: history.window } : {}),
-  });
-  const size = 1 << windowBits;
-  const joined = Buffer.concat([history.window, message]);
-  const step: Step = {
-    message,
-    history: {
-      window: Buffer.from(joined.subarray(Math.max(0, joined.length - size))),
-      next: new Map(),
-    },
-  };
-  history.next.set(key, step);
-  return step;
+/** Results by key, forgotten all at once when they grow past a bound (units met once). */
+class Results {
+  private readonly map = new Map<string, Tried>();
+
+  get(key: string, make: () => Tried): Tried {
+    let result = this.map.get(key);
+    if (result === undefined) {
+      result = make();
+      if (this.map.size >= 20_000) this.map.clear();
+      this.map.set(key, result);
+    }
+    return result;
+  }
 }
+
+/** Units inflated alone, by their bytes; and after a last message, by its bytes and theirs. */
+const alone = new Results();
+const after = new Results();
+
+/** Where a connection's last message starts in what a unit inflated to. */
+export type LastMessage = (inflated: Buffer) => number;
+/** The last SSE frame: what follows the last blank line before the end. */
+export const lastSseFrame: LastMessage = (inflated) => {
+  const end = inflated.length - 2;
+  const blank = end > 0 ? inflated.lastIndexOf('\n\n', end - 1) : -1;
+  return blank < 0 ? 0 : blank + 2;
+};
+/** A WebSocket message: the whole unit. */
+const wholeUnit: LastMessage = () => 0;
 
 /**
- * One connection's way through the shared histories: each `inflate` takes the next compressed
- * unit (a permessage-deflate message, or a piece of a gzip stream that ends on a sync flush).
+ * One connection's inflater: each `inflate` takes the connection's next unit.
  */
 export class SharedInflater {
-  private readonly root: History;
-  private history: History;
+  /** What the connection inflated, newest last, as much as its window holds. */
+  private recent: Buffer[] = [];
+  private recentBytes = 0;
+  /** The connection's last message, and its bytes as a key. */
+  private last: { message: Buffer; key: string } | undefined;
 
   constructor(
     private readonly windowBits: number,
@@ -72,15 +79,36 @@ export class SharedInflater {
     private readonly takeover: boolean,
     /** True for permessage-deflate, whose sender leaves each message's sync-flush tail off. */
     private readonly trailer: boolean,
-  ) {
-    this.root = rootFor(windowBits, trailer);
-    this.history = this.root;
-  }
+    private readonly lastMessage: LastMessage = wholeUnit,
+  ) {}
 
   inflate(compressed: Buffer): Buffer {
-    const step = inflateAfter(this.history, compressed, this.windowBits, this.trailer);
-    this.history = this.takeover ? step.history : this.root;
-    return step.message;
+    const unit = this.trailer ? Buffer.concat([compressed, TRAILER]) : compressed;
+    const key = unit.toString('latin1');
+    const { windowBits, last } = this;
+    let result = alone.get(key, () => tryInflate(unit, windowBits, undefined));
+    if (result === FURTHER_BACK && last) {
+      result = after.get(`${last.key}\u0000${key}`, () => tryInflate(unit, windowBits, last.message));
+    }
+    if (result === FURTHER_BACK && this.recent.length > 0) {
+      const window = Buffer.concat(this.recent);
+      result = tryInflate(unit, windowBits, window.subarray(Math.max(0, window.length - (1 << windowBits))));
+    }
+    if (result === FURTHER_BACK) throw new Error('a unit refers back beyond the window');
+    this.remember(result);
+    return result;
+  }
+
+  private remember(inflated: Buffer): void {
+    if (!this.takeover || inflated.length === 0) return;
+    const message = inflated.subarray(this.lastMessage(inflated));
+    this.last = { message, key: message.toString('latin1') };
+    this.recent.push(inflated);
+    this.recentBytes += inflated.length;
+    const size = 1 << this.windowBits;
+    while (this.recent.length > 1 && this.recentBytes - (this.recent[0] as Buffer).length >= size) {
+      this.recentBytes -= (this.recent.shift() as Buffer).length;
+    }
   }
 }
 
@@ -141,7 +169,7 @@ export class SharedGunzip {
       if (piece[0] !== 0x1f || piece[1] !== 0x8b || piece[2] !== 8 || piece[3] !== 0) {
         throw new Error('not a gzip stream with a plain header');
       }
-      this.inflater = new SharedInflater(15, true, false);
+      this.inflater = new SharedInflater(15, true, false, lastSseFrame);
       deflated = piece.subarray(GZIP_HEADER);
     }
     return this.inflater.inflate(deflated);

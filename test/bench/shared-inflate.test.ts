@@ -71,7 +71,12 @@ describe('the load’s shared inflater on SSE streams', () => {
     const batched = new SharedInflater(15, true, false, lastSseFrame);
     const read = (inflater: SharedInflater, units: Buffer[]) =>
       units.map((unit) => inflater.inflate(unit).toString()).join('');
-    expect(read(oneByOne, frames.map((_, i) => piece(i)))).toBe(frames.join(''));
+    expect(
+      read(
+        oneByOne,
+        frames.map((_, i) => piece(i)),
+      ),
+    ).toBe(frames.join(''));
     // Two writes of the server batched into one unit, then one piece at a time again.
     const units = [piece(0), Buffer.concat([piece(1), piece(2)]), piece(3), piece(4), piece(5)];
     expect(read(batched, units)).toBe(frames.join(''));

@@ -375,6 +375,7 @@ describe('slow consumer', () => {
   const UPDATES_PER_ROUND = 5;
   // About 400 bytes an event: 20,000 log events are ~8 MB, more than the kernel buffers of a
   // loopback connection (4 MB send + 128 KB receive) plus the queue limit can absorb.
+  const PADDING = 'x'.repeat(220);
   // Random, so that a compressed connection (per-message deflate) fills its buffers as fast.
   const padding = () => randomBytes(165).toString('base64');
 
@@ -452,7 +453,7 @@ describe('slow consumer', () => {
     for (let round = 0; round < ROUNDS; round++) {
       const entries: LogEntry[] = Array.from({ length: LOGS_PER_ROUND }, () => {
         line++;
-        return { level: 'info', message: `line ${line} ${padding()}` };
+        return { level: 'info', message: `line ${line} ${PADDING}` };
       });
       ackedLogs.push(...(await postLogs(world.worker, runId, entries)));
       for (let u = 0; u < UPDATES_PER_ROUND; u++) {

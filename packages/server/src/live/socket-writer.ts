@@ -40,6 +40,8 @@ interface WsSocket {
 /** ws's permessage-deflate extension of one connection. */
 interface PerMessageDeflate {
   params?: { server_max_window_bits?: number; client_no_context_takeover?: boolean };
+  /** ws's copy of the server's options for the extension, one per connection. */
+  _options?: object;
   /** Inflates one fragment of a message the client compressed; `fin` on its last. */
   decompress(data: Buffer, fin: boolean, callback: (err: Error | null, result?: Buffer) => void): void;
   /** The inflater, made by `decompress` when there is none. */
@@ -60,6 +62,7 @@ interface FrameBuilder {
 }
 
 const encoder = new Encoder();
+
 // ws's module exports Sender (its frame builder); its type declarations do not list it.
 const senderOf = (ws as unknown as { Sender: FrameBuilder }).Sender;
 const TEXT_FRAME = { readOnly: false, mask: false, rsv1: false, opcode: 1, fin: true };
@@ -237,42 +240,68 @@ export function socketWriterFor(socket: Socket, drained: () => void): SocketWrit
 /**
  * Per-message deflate bounded to what the shared frames need, on every connection that
  * negotiates it, before engine.io writes its first packet:
- * - ws compresses nothing of its own (engine.io's open packet, acks, pings): its compressor would
- *   cost the connection ~80 KB, and a message it compressed with a context of its own would refer
- *   back to bytes that are not where it thinks in the client's window, which holds the shared
- *   frames too;
+ * - ws compresses nothing of its own (engine.io's open packet, acks, pings; see
+ *   `UncompressedSends`): its compressor would cost the connection ~80 KB, and a message it
+ *   compressed with a context of its own would refer back to bytes that are not where it thinks
+ *   in the client's window, which holds the shared frames too;
  * - what the client compresses is inflated with an inflater made for the message and released
  *   after it, which `client_no_context_takeover` (asked of every client) allows: an idle
- *   connection holds no zlib state at all.
+ *   connection holds no zlib state at all;
+ * - what ws keeps per connection for the extension is made small: the agreed parameters as a
+ *   plain object instead of a dictionary, and the server's options shared instead of copied.
  */
-function boundDeflate(wsSocket: WsSocket): void {
+function boundDeflate(wsSocket: WsSocket, server: { options?: object }): void {
   const deflate = wsSocket._extensions?.[PER_MESSAGE_DEFLATE];
   if (!deflate) return;
-  if (typeof deflate.decompress !== 'function' || !deflate.params) {
+  if (typeof deflate.decompress !== 'function' || !deflate.params || !deflate._options) {
     throw new Error('ws changed: no PerMessageDeflate.decompress under the WebSocket');
   }
-  const send = wsSocket.send;
-  wsSocket.send = (data, options, cb) => {
-    if (typeof options === 'function') send.call(wsSocket, data, { compress: false }, options);
-    else send.call(wsSocket, data, { ...options, compress: false }, cb);
-  };
-  if (deflate.params.client_no_context_takeover !== true) return;
-  const decompress = deflate.decompress;
-  deflate.decompress = (data, fin, callback) =>
-    decompress.call(deflate, data, fin, (err, result) => {
-      if (fin && deflate._inflate) {
-        deflate._inflate.close();
-        deflate._inflate = null;
-      }
-      callback(err, result);
-    });
+  deflate.params = { ...deflate.params };
+  server.options ??= deflate._options;
+  deflate._options = server.options;
+  if (deflate.params.client_no_context_takeover === true) deflate.decompress = decompressAlone;
 }
+
+/** ws's `decompress` for a message that stands alone: the inflater goes with the message. */
+function decompressAlone(
+  this: PerMessageDeflate,
+  data: Buffer,
+  fin: boolean,
+  callback: (err: Error | null, result?: Buffer) => void,
+): void {
+  // The prototype's: ws's own, which makes the inflater when there is none.
+  const decompress = (Object.getPrototypeOf(this) as PerMessageDeflate).decompress;
+  decompress.call(this, data, fin, (err, result) => {
+    if (fin && this._inflate) {
+      this._inflate.close();
+      this._inflate = null;
+    }
+    callback(err, result);
+  });
+}
+
+/** ws's WebSocket for the gateway: a message it sends itself goes uncompressed. */
+class UncompressedSends extends ws.WebSocket {
+  override send(data: unknown, options?: unknown, cb?: unknown): void {
+    const send = super.send as (data: unknown, options: object, cb?: unknown) => void;
+    if (typeof options === 'function') send.call(this, data, NO_COMPRESSION, options);
+    else send.call(this, data, { ...(options as object | undefined), compress: false }, cb);
+  }
+}
+const NO_COMPRESSION = { compress: false };
 
 /**
  * ws's server as engine.io's `wsEngine`, bounding per-message deflate on each connection it
  * accepts (see `boundDeflate`).
  */
 export class BoundedDeflateServer extends ws.WebSocketServer {
+  /** ws's copy of the extension's options, shared by every connection. */
+  private readonly deflateOptions: { options?: object } = {};
+
+  constructor(options: ws.ServerOptions, callback?: () => void) {
+    super({ ...options, WebSocket: UncompressedSends }, callback);
+  }
+
   override handleUpgrade(
     request: IncomingMessage,
     socket: Duplex,
@@ -280,7 +309,7 @@ export class BoundedDeflateServer extends ws.WebSocketServer {
     callback: (client: ws.WebSocket, request: IncomingMessage) => void,
   ): void {
     super.handleUpgrade(request, socket, head, (client, upgraded) => {
-      boundDeflate(client as unknown as WsSocket);
+      boundDeflate(client as unknown as WsSocket, this.deflateOptions);
       callback(client, upgraded);
     });
   }

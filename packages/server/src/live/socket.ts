@@ -19,7 +19,7 @@ import {
   socketWriterFor,
 } from './socket-writer.js';
 import { failureOf } from './sse.js';
-import type { DisconnectReason, RunFailure, Sink } from './subscriber.js';
+import type { DisconnectReason, RunFailure, Sink, Subscriber } from './subscriber.js';
 
 export interface SocketGatewayOptions {
   hub: Hub;
@@ -56,7 +56,12 @@ interface SocketData {
   principal: Principal;
   /** The handshake's credentials, checked again at every subscribe. */
   credentials: Credentials;
+  /** Set once connected: the connection as a Hub sink, its subscriber, and its flush. */
+  sink: SocketSink;
+  subscriber: Subscriber;
+  flush: () => void;
 }
+type GatewaySocket = Socket<Record<string, never>, Record<string, never>, Record<string, never>, SocketData>;
 
 /** One Socket.IO socket as a Hub sink. */
 class SocketSink implements Sink {
@@ -149,58 +154,61 @@ export function attachSocketGateway(httpServer: HttpServer, options: SocketGatew
       });
   });
 
+  // One function per event for every connection (`this` is the socket): a connection holds its
+  // state in `socket.data`, not in closures of its own.
+  function onSubscribe(this: GatewaySocket, payload: unknown, ack: unknown): void {
+    const answer = typeof ack === 'function' ? (ack as (reply: SubscribeAck) => void) : () => {};
+    if (!validSubscribe.Check(payload)) {
+      answer({
+        ok: false,
+        error: { code: 'INVALID_INPUT', message: 'subscribe takes {run_id, since?, delta?}' },
+      });
+      return;
+    }
+    const { run_id, since, delta } = payload;
+    const { subscriber, sink } = this.data;
+    // Checked again at every subscribe: credentials that ended since the handshake open nothing.
+    authenticator
+      .authenticate(this.data.credentials)
+      .then((principal) => {
+        if (!principal) throw new AppError('UNAUTHORIZED', 'log in again');
+        return policy.requireRun(principal, run_id);
+      })
+      .then(() =>
+        hub.open(
+          subscriber,
+          run_id,
+          since,
+          {
+            // First the missed logs, then the snapshot (the ack), then live events.
+            logs: (events) => sink.write(events),
+            snapshot: (event) => answer({ ok: true, snapshot: event }),
+          },
+          { delta: delta === true },
+        ),
+      )
+      .catch((err: unknown) => answer(refusal(err)));
+  }
+  function onUnsubscribe(this: GatewaySocket, payload: unknown): void {
+    const runId = (payload as { run_id?: unknown } | null)?.run_id;
+    if (typeof runId === 'string') hub.unsubscribe(this.data.subscriber, runId);
+  }
+  function onDisconnect(this: GatewaySocket): void {
+    engineOf(this).transport.off('ready', this.data.flush);
+    hub.detach(this.data.subscriber);
+  }
+
   io.on('connection', (socket) => {
-    const sink = new SocketSink(
-      socket,
-      socketWriterFor(socket, () => subscriber.flush()),
-    );
+    // What the Hub queued while a write was in flight, or engine.io was writing, goes out once
+    // the connection can take it.
+    const flush = () => subscriber.flush();
+    const sink = new SocketSink(socket, socketWriterFor(socket, flush));
     const subscriber = hub.attach(sink, socket.data.principal);
-    const engine = engineOf(socket);
-    // What the Hub queued while engine.io was writing goes out once engine.io is done.
-    const onReady = () => subscriber.flush();
-    engine.transport.on('ready', onReady);
-    socket.on('disconnect', () => {
-      engine.transport.off('ready', onReady);
-      hub.detach(subscriber);
-    });
-
-    socket.on(SOCKET_EVENTS.subscribe, (payload: unknown, ack: unknown) => {
-      const answer = typeof ack === 'function' ? (ack as (reply: SubscribeAck) => void) : () => {};
-      if (!validSubscribe.Check(payload)) {
-        answer({
-          ok: false,
-          error: { code: 'INVALID_INPUT', message: 'subscribe takes {run_id, since?, delta?}' },
-        });
-        return;
-      }
-      const { run_id, since, delta } = payload;
-      // Checked again at every subscribe: credentials that ended since the handshake open nothing.
-      authenticator
-        .authenticate(socket.data.credentials)
-        .then((principal) => {
-          if (!principal) throw new AppError('UNAUTHORIZED', 'log in again');
-          return policy.requireRun(principal, run_id);
-        })
-        .then(() =>
-          hub.open(
-            subscriber,
-            run_id,
-            since,
-            {
-              // First the missed logs, then the snapshot (the ack), then live events.
-              logs: (events) => sink.write(events),
-              snapshot: (event) => answer({ ok: true, snapshot: event }),
-            },
-            { delta: delta === true },
-          ),
-        )
-        .catch((err: unknown) => answer(refusal(err)));
-    });
-
-    socket.on(SOCKET_EVENTS.unsubscribe, (payload: unknown) => {
-      const runId = (payload as { run_id?: unknown } | null)?.run_id;
-      if (typeof runId === 'string') hub.unsubscribe(subscriber, runId);
-    });
+    Object.assign(socket.data, { sink, subscriber, flush });
+    engineOf(socket).transport.on('ready', flush);
+    socket.on('disconnect', onDisconnect);
+    socket.on(SOCKET_EVENTS.subscribe, onSubscribe);
+    socket.on(SOCKET_EVENTS.unsubscribe, onUnsubscribe);
   });
 
   return io;

@@ -48,9 +48,28 @@ class Results {
   }
 }
 
-/** Units inflated alone, by their bytes; and after a last message, by its bytes and theirs. */
+/** Units inflated alone, by their bytes. */
 const alone = new Results();
-const after = new Results();
+/** Units inflated after a last message: by the message's bytes, then by theirs. */
+const after = new Map<string, Results>();
+function afterMessage(key: string): Results {
+  let results = after.get(key);
+  if (!results) {
+    if (after.size >= 5_000) after.clear();
+    results = new Results();
+    after.set(key, results);
+  }
+  return results;
+}
+
+/** A connection's last message, made once for each result that connections share. */
+interface Last {
+  message: Buffer;
+  /** Its bytes as one string for every connection, so that lookups reuse its hash. */
+  key: string;
+}
+/** By the way a last message is found, then by the result it was found in. */
+const lastOf = new Map<LastMessage, WeakMap<Buffer, Last>>();
 
 /** Where a connection's last message starts in what a unit inflated to. */
 export type LastMessage = (inflated: Buffer) => number;
@@ -71,7 +90,7 @@ export class SharedInflater {
   private recent: Buffer[] = [];
   private recentBytes = 0;
   /** The connection's last message, and its bytes as a key. */
-  private last: { message: Buffer; key: string } | undefined;
+  private last: Last | undefined;
 
   constructor(
     private readonly windowBits: number,
@@ -88,7 +107,7 @@ export class SharedInflater {
     const { windowBits, last } = this;
     let result = alone.get(key, () => tryInflate(unit, windowBits, undefined));
     if (result === FURTHER_BACK && last) {
-      result = after.get(`${last.key}\u0000${key}`, () => tryInflate(unit, windowBits, last.message));
+      result = afterMessage(last.key).get(key, () => tryInflate(unit, windowBits, last.message));
     }
     if (result === FURTHER_BACK && this.recent.length > 0) {
       const window = Buffer.concat(this.recent);
@@ -101,8 +120,18 @@ export class SharedInflater {
 
   private remember(inflated: Buffer): void {
     if (!this.takeover || inflated.length === 0) return;
-    const message = inflated.subarray(this.lastMessage(inflated));
-    this.last = { message, key: message.toString('latin1') };
+    let known = lastOf.get(this.lastMessage);
+    if (!known) {
+      known = new WeakMap();
+      lastOf.set(this.lastMessage, known);
+    }
+    let last = known.get(inflated);
+    if (!last) {
+      const message = inflated.subarray(this.lastMessage(inflated));
+      last = { message, key: message.toString('latin1') };
+      known.set(inflated, last);
+    }
+    this.last = last;
     this.recent.push(inflated);
     this.recentBytes += inflated.length;
     const size = 1 << this.windowBits;

@@ -32,7 +32,7 @@ interface WsSocket {
   readyState: number;
   /** The negotiated extensions, comma-separated (public in ws). */
   extensions: string;
-  send(data: string, options?: WsSendOptions | SendCallback, cb?: SendCallback): void;
+  send(data: string, cb?: (err?: Error) => void): void;
   _sender?: FrameSender;
   /** The negotiated extensions' objects; permessage-deflate's `params` are what was agreed. */
   _extensions?: Record<string, PerMessageDeflate | undefined>;
@@ -46,10 +46,6 @@ interface PerMessageDeflate {
   decompress(data: Buffer, fin: boolean, callback: (err: Error | null, result?: Buffer) => void): void;
   /** The inflater, made by `decompress` when there is none. */
   _inflate: { close(): void } | null;
-}
-type SendCallback = (err?: Error) => void;
-interface WsSendOptions {
-  compress?: boolean;
 }
 interface FrameSender {
   sendFrame(list: readonly Buffer[], cb?: (err?: Error) => void): void;

@@ -1,5 +1,6 @@
 import type { AddressInfo } from 'node:net';
 import type { LogEvent } from '@runcast/protocol';
+import { Encoder, PacketType } from 'socket.io-parser';
 import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { EncodedEvent } from './encoded-event.js';
@@ -47,6 +48,16 @@ describe('Socket.IO frame of an event', () => {
     expect(frame.rest).toBe(0);
     // Engine.IO "message" (4), Socket.IO EVENT (2) on the main namespace.
     expect(frame.payload).toBe(`42${JSON.stringify(['run_event', event.event])}`);
+  });
+
+  it("carries the packet Socket.IO's own encoder makes of the event", () => {
+    const event = logEvent('snow \u2603, quote ", line separator \u2028, emoji \u{1f680}');
+    const [packet] = new Encoder().encode({
+      type: PacketType.EVENT,
+      nsp: '/',
+      data: ['run_event', event.event],
+    }) as string[];
+    expect(readFrame(socketFrame(event)[0] ?? Buffer.alloc(0)).payload).toBe(`4${packet}`);
   });
 
   it('is built once per event', () => {

@@ -2,7 +2,7 @@ import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { SOCKET_EVENTS } from '@runcast/protocol';
 import type { Socket } from 'socket.io';
-import { Encoder, PacketType } from 'socket.io-parser';
+import { PacketType } from 'socket.io-parser';
 import * as ws from 'ws';
 import type { EncodedEvent } from './encoded-event.js';
 import { deflateAfter } from './gzip-stream.js';
@@ -57,7 +57,11 @@ interface FrameBuilder {
   ): Buffer[];
 }
 
-const encoder = new Encoder();
+/**
+ * A `run_event` packet up to its event: Engine.IO "message" (4), then Socket.IO's EVENT on the
+ * main namespace, with no ack id, and its data array `["run_event", <event>]`.
+ */
+const RUN_EVENT_PACKET_HEAD = `4${PacketType.EVENT}["${SOCKET_EVENTS.runEvent}",`;
 
 // ws's module exports Sender (its frame builder); its type declarations do not list it.
 const senderOf = (ws as unknown as { Sender: FrameBuilder }).Sender;
@@ -81,16 +85,9 @@ export function engineOf(socket: Socket): EngineSocket {
 
 /** The engine.io `message` packet of an event's `run_event`, as text, built once for every socket. */
 function socketPacket(event: EncodedEvent): string {
-  if (event.socketPacket === undefined) {
-    // An event is JSON: it encodes into one packet (only binary attachments would add more).
-    const [packet] = encoder.encode({
-      type: PacketType.EVENT,
-      nsp: '/',
-      data: [SOCKET_EVENTS.runEvent, event.event],
-    }) as string[];
-    // "4" is Engine.IO's "message" packet type.
-    event.socketPacket = `4${packet}`;
-  }
+  // The event's JSON, made once for every transport, inside the packet's array: what Socket.IO's
+  // encoder writes for it, without a second JSON.stringify of the event.
+  event.socketPacket ??= `${RUN_EVENT_PACKET_HEAD}${event.json}]`;
   return event.socketPacket;
 }
 

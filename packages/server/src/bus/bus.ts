@@ -29,7 +29,12 @@ export type LoginStep = 'admitted' | 'succeeded' | 'failed';
  */
 export type BusMessage =
   /** Events committed to a run, in seq order (gapless within the message). */
-  | { type: 'run-events'; events: readonly RunEvent[] }
+  | {
+      type: 'run-events';
+      events: readonly RunEvent[];
+      /** Each event's JSON, when the message arrived as JSON (from another node). */
+      json?: readonly string[];
+    }
   /**
    * A run reached `seq`, its events not included (too large to carry): whoever needs them reads
    * them from the store.
@@ -73,10 +78,16 @@ export interface Bus {
   close(): Promise<void>;
 }
 
+/**
+ * U+001E, which no commit notification holds: a store may send a commit's payloads as one text,
+ * joined by it.
+ */
+export const PAYLOAD_SEPARATOR = '\u001e';
+
 /** How a store sends a commit's run events as notifications inside the commit's transaction. */
 export interface CommitNotifier {
   /** The notification channel. */
   readonly channel: string;
-  /** The notification payloads announcing `changes`, committed in this order. */
+  /** The notification payloads announcing `changes`, committed in this order; none holds `PAYLOAD_SEPARATOR`. */
   payloads(changes: readonly RunChange[]): string[];
 }

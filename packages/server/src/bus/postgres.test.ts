@@ -4,7 +4,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { type PostgresServer, startPostgres } from '../../../../test/support/postgres.js';
 import type { RunRecord } from '../store/store.js';
 import type { BusMessage } from './bus.js';
-import { PostgresBus } from './postgres.js';
+import { messagesOf, PostgresBus } from './postgres.js';
 
 // Two nodes' buses on one real PostgreSQL: messages cross, oversized events become pointers,
 // and a listener that is killed or frozen is replaced with a resync.
@@ -72,10 +72,14 @@ describe('PostgresBus', () => {
     const cancels = heard(b, 'cancel');
     for (let seq = 1; seq <= 50; seq++) a.publish({ type: 'run-events', events: [log(seq)] });
     a.publish({ type: 'cancel', run_id: 'run_1' });
-    await onB.until(50);
+    // Sent after the events, so heard after them.
     await cancels.until(1);
-    const seqs = onB.messages.map((m) => (m.type === 'run-events' ? m.events[0]?.seq : -1));
-    expect(seqs).toEqual(Array.from({ length: 50 }, (_, i) => i + 1));
+    // One run's events sent together may arrive as fewer messages, in order.
+    const events = onB.messages.flatMap((m) => (m.type === 'run-events' ? m.events : []));
+    expect(events.map((event) => event.seq)).toEqual(Array.from({ length: 50 }, (_, i) => i + 1));
+    // Each event arrives beside its JSON, which the Hub writes as is.
+    const json = onB.messages.flatMap((m) => (m.type === 'run-events' ? (m.json ?? []) : []));
+    expect(json).toEqual(events.map((event) => JSON.stringify(event)));
     expect(onA.messages).toHaveLength(50);
   });
 
@@ -165,5 +169,54 @@ describe('PostgresBus', () => {
     const events = heard(b, 'run-events');
     a.publish({ type: 'run-events', events: [log(9)] });
     await events.until(1);
+  });
+});
+
+describe('a notification payload', () => {
+  const bus = new PostgresBus({ connectionString: 'postgres://unused', eventsInCommits: true });
+  const notifier = bus.commitNotifier;
+  if (!notifier) throw new Error('the bus offers no notifier');
+  const ofRun = (runId: string, seq: number): LogEvent => ({ ...log(seq, `line ${seq}`), run_id: runId });
+  const change = (events: LogEvent[]) => ({
+    run: { run_id: events[0]?.run_id, seq: events[events.length - 1]?.seq } as RunRecord,
+    logs: events,
+  });
+
+  it("reads back as each run's events in order, each beside its JSON", () => {
+    const payloads = notifier.payloads([
+      change([ofRun('run_1', 1), ofRun('run_1', 2)]),
+      change([ofRun('run_2', 1)]),
+      change([ofRun('run_1', 3)]),
+    ]);
+    expect(payloads).toHaveLength(1);
+    const messages = messagesOf(payloads[0] ?? '');
+    expect(messages).toEqual([
+      {
+        type: 'run-events',
+        events: [ofRun('run_1', 1), ofRun('run_1', 2)],
+        json: [JSON.stringify(ofRun('run_1', 1)), JSON.stringify(ofRun('run_1', 2))],
+      },
+      { type: 'run-events', events: [ofRun('run_2', 1)], json: [JSON.stringify(ofRun('run_2', 1))] },
+      { type: 'run-events', events: [ofRun('run_1', 3)], json: [JSON.stringify(ofRun('run_1', 3))] },
+    ]);
+  });
+
+  it('keeps line breaks and separators inside the JSON, and leaves out a line that does not parse', () => {
+    const odd = {
+      ...ofRun('run_1', 1),
+      log: { level: 'info' as const, message: 'two\nlines \u001e and a quote "' },
+    };
+    const [payload] = notifier.payloads([change([odd]), change([ofRun('run_1', 2), ofRun('run_1', 3)])]);
+    expect(payload?.includes('\u001e')).toBe(false);
+    const lines = (payload ?? '').split('\n');
+    expect(lines).toHaveLength(4);
+    // The second event's line cut short: it is left out, the rest arrives (the gap is read from the store).
+    const damaged = [...lines.slice(0, 2), lines[2]?.slice(0, 20), lines[3]].join('\n');
+    const messages = messagesOf(damaged);
+    expect(messages.flatMap((m) => (m.type === 'run-events' ? m.events.map((e) => e.seq) : []))).toEqual([
+      1, 3,
+    ]);
+    expect(messages).toHaveLength(2);
+    expect(messages[0]?.type === 'run-events' && messages[0].events[0]).toEqual(odd);
   });
 });

@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import type { RunEvent } from '@runcast/protocol';
 import pg from 'pg';
 import { changeEvents } from '../runs/snapshot.js';
 import type { RunChange } from '../store/store.js';
@@ -8,6 +9,9 @@ import { MemoryBus } from './memory.js';
 /** PostgreSQL's limit on a NOTIFY payload is 8,000 bytes; what does not fit travels as a pointer. */
 const MAX_PAYLOAD_BYTES = 7900;
 const CHANNEL = 'runcast';
+/** How a payload's line starts: one run event, or another message. */
+const EVENT_LINE = 'e';
+const MESSAGE_LINE = 'm';
 
 export interface PostgresBusOptions {
   connectionString: string;
@@ -23,13 +27,6 @@ export interface PostgresBusOptions {
    * own, and `publish` tells only this node's listeners of them.
    */
   eventsInCommits?: boolean;
-}
-
-/** What travels in one notification: the sending node and its messages. */
-interface Envelope {
-  /** The sending node's id. */
-  n: string;
-  m: BusMessage[];
 }
 
 /**
@@ -155,15 +152,9 @@ export class PostgresBus implements Bus {
   }
 
   private received(payload: string): void {
-    let envelope: Envelope;
-    try {
-      envelope = JSON.parse(payload) as Envelope;
-    } catch {
-      return;
-    }
-    // This node's own messages went to its listeners when they were published.
-    if (envelope.n === this.nodeId) return;
-    for (const message of envelope.m) this.local.publish(message);
+    // This node's own messages went to its listeners when they were published: not even parsed.
+    if (payload.startsWith(this.nodeId)) return;
+    for (const message of messagesOf(payload)) this.local.publish(message);
   }
 
   /** Sends the outbox in order, as many messages per notification as fit. */
@@ -213,7 +204,7 @@ export class PostgresBus implements Bus {
       if (this.senderConnections++ > 0) {
         await client.query('SELECT pg_notify($1, $2)', [
           CHANNEL,
-          envelope(this.nodeId, [JSON.stringify({ type: 'resync' })]),
+          envelope(this.nodeId, linesOf({ type: 'resync' })),
         ]);
       }
       this.sender = client;
@@ -226,35 +217,80 @@ export class PostgresBus implements Bus {
   }
 }
 
-/** The payload of one notification: the sending node and its messages, each already JSON. */
-function envelope(nodeId: string, messages: readonly string[]): string {
-  return `{"n":${JSON.stringify(nodeId)},"m":[${messages.join(',')}]}`;
+/**
+ * The payload of one notification: the sending node's id, then one line per message. A line is
+ * `e` and one run event's JSON (consecutive event lines of one run are one `run-events` message,
+ * gapless), or `m` and any other message's JSON. JSON never holds a raw line break.
+ */
+function envelope(nodeId: string, lines: readonly string[]): string {
+  return lines.length === 0 ? nodeId : `${nodeId}\n${lines.join('\n')}`;
 }
 
-/**
- * `messages` in order, as few notification payloads as fit PostgreSQL's limit; events that would
- * not fit one alone travel as a pointer (`run-reached`), and the receivers read them from the store.
- */
+/** A message's lines; events that would not fit a notification alone travel as a `run-reached` pointer. */
+function linesOf(message: BusMessage): string[] {
+  if (message.type !== 'run-events') return [`${MESSAGE_LINE}${JSON.stringify(message)}`];
+  const lines = message.events.map((event) => `${EVENT_LINE}${JSON.stringify(event)}`);
+  let size = 0;
+  for (const line of lines) size += Buffer.byteLength(line) + 1;
+  const last = message.events[message.events.length - 1];
+  if (size <= MAX_PAYLOAD_BYTES || !last) return lines;
+  return [`${MESSAGE_LINE}${JSON.stringify({ type: 'run-reached', run_id: last.run_id, seq: last.seq })}`];
+}
+
+/** `messages` in order, as few notification payloads as fit PostgreSQL's limit. */
 function envelopes(nodeId: string, messages: readonly BusMessage[]): string[] {
   const payloads: string[] = [];
   let batch: string[] = [];
   let bytes = 0;
   for (const message of messages) {
-    let text = JSON.stringify(message);
-    let size = Buffer.byteLength(text);
-    const last = message.type === 'run-events' ? message.events[message.events.length - 1] : undefined;
-    if (size > MAX_PAYLOAD_BYTES && last) {
-      text = JSON.stringify({ type: 'run-reached', run_id: last.run_id, seq: last.seq });
-      size = Buffer.byteLength(text);
-    }
+    const lines = linesOf(message);
+    let size = 0;
+    for (const line of lines) size += Buffer.byteLength(line) + 1;
     if (batch.length > 0 && bytes + size > MAX_PAYLOAD_BYTES) {
       payloads.push(envelope(nodeId, batch));
       batch = [];
       bytes = 0;
     }
-    batch.push(text);
-    bytes += size + 1;
+    batch.push(...lines);
+    bytes += size;
   }
   if (batch.length > 0) payloads.push(envelope(nodeId, batch));
   return payloads;
+}
+
+/**
+ * The messages of a payload from another node, in order; a line that does not parse is left
+ * out (what it carried is read from the store when the gap shows).
+ */
+export function messagesOf(payload: string): BusMessage[] {
+  const messages: BusMessage[] = [];
+  let events: RunEvent[] = [];
+  let json: string[] = [];
+  const endEvents = () => {
+    if (events.length === 0) return;
+    messages.push({ type: 'run-events', events, json });
+    events = [];
+    json = [];
+  };
+  const lines = payload.split('\n');
+  for (let i = 1; i < lines.length; i++) {
+    const line = lines[i] as string;
+    try {
+      if (line.startsWith(EVENT_LINE)) {
+        const text = line.slice(EVENT_LINE.length);
+        const event = JSON.parse(text) as RunEvent;
+        if (events.length > 0 && events[0]?.run_id !== event.run_id) endEvents();
+        events.push(event);
+        json.push(text);
+      } else if (line.startsWith(MESSAGE_LINE)) {
+        endEvents();
+        messages.push(JSON.parse(line.slice(MESSAGE_LINE.length)) as BusMessage);
+      }
+    } catch {
+      // Left out; the events after it are a message of their own (a message is gapless).
+      endEvents();
+    }
+  }
+  endEvents();
+  return messages;
 }

@@ -50,7 +50,7 @@ function updates(runId: string, seqs: readonly number[]): EncodedEvent[] {
   let base: { seq: number; snapshot: RunSnapshot } | undefined;
   return seqs.map((seq) => {
     const snapshot = stateAt(runId, seq, seq * 10);
-    const encoded = new EncodedEvent({ run_id: runId, seq, type: 'update', at: AT, snapshot }, false, base);
+    const encoded = new EncodedEvent({ run_id: runId, seq, type: 'update', at: AT, snapshot }, { base });
     base = { seq, snapshot };
     return encoded;
   });
@@ -152,8 +152,7 @@ describe('Subscriber: delta updates', () => {
     const base = { seq: 2, snapshot: stateAt('r', 2, 5) };
     const withNull = new EncodedEvent(
       { run_id: 'r', seq: 3, type: 'update', at: AT, snapshot: { ...cleared, stage: null } as RunSnapshot },
-      false,
-      { ...base, snapshot: { ...base.snapshot, stage: 'EXPORT' } as RunSnapshot },
+      { base: { ...base, snapshot: { ...base.snapshot, stage: 'EXPORT' } as RunSnapshot } },
     );
     subscriber.push(withNull);
     subscriber.flush();

@@ -19,6 +19,17 @@ export interface BaseState {
   snapshot: RunSnapshot;
 }
 
+export interface EncodingOptions {
+  /** The run's last event: its subscriptions end after it. */
+  terminal?: boolean;
+  /** For an update: the state it follows, when the Hub knows it (the delta is computed against it). */
+  base?: BaseState | undefined;
+  /** Commit time in ms; by default the event's `at`. */
+  committedAtMs?: number;
+  /** The event's JSON when it arrived as JSON (another node's commit): not made again. */
+  json?: string | undefined;
+}
+
 /**
  * One event and its encodings, each computed at most once per broadcast and shared by every
  * subscriber that writes it: the JSON, the SSE frames (single-run and multiplexed ids) and the
@@ -40,6 +51,8 @@ export class EncodedEvent {
   /** Seq of the state this update's delta applies to; -1 when it has none. */
   readonly baseSeq: number;
   private deltaForm: EncodedEvent | null | undefined;
+  /** For an update: the state it follows, until its delta is made. */
+  private base: BaseState | undefined;
   /** The Socket.IO gateway's engine.io packet of this event (text), built on first use. */
   socketPacket: string | undefined = undefined;
   /** This event's frames for gzipped SSE streams, built by their writer on first use. */
@@ -49,17 +62,16 @@ export class EncodedEvent {
 
   constructor(
     readonly event: Frame,
-    terminal = false,
-    /** For an update: the state it follows, when the Hub knows it (the delta is computed against it). */
-    private base?: BaseState,
-    committedAtMs?: number,
+    { terminal = false, base, committedAtMs, json }: EncodingOptions = {},
   ) {
     this.runId = event.run_id;
     this.seq = event.seq;
     this.isUpdate = event.type === 'update';
     this.isTerminal = terminal;
     this.committedAtMs = committedAtMs ?? Date.parse(event.at);
+    this.base = base;
     this.baseSeq = base && this.isUpdate ? base.seq : -1;
+    this.jsonText = json;
   }
 
   /**
@@ -84,7 +96,10 @@ export class EncodedEvent {
             base_seq: base.seq,
             patch,
           };
-          this.deltaForm = new EncodedEvent(frame, this.isTerminal, undefined, this.committedAtMs);
+          this.deltaForm = new EncodedEvent(frame, {
+            terminal: this.isTerminal,
+            committedAtMs: this.committedAtMs,
+          });
         }
       }
     }

@@ -136,6 +136,22 @@ describe('Hub', () => {
     expect(a.sink.writes).toEqual([[seq + 2, seq + 4]]);
   });
 
+  it("writes another node's events with the JSON they arrived as, not encoded again", async () => {
+    const a = await subscribed('sse');
+    const seq = a.run?.seq ?? 0;
+    const log = logOf(runId, seq + 1);
+    // As the bus hands over a commit from another node: each event beside its JSON text.
+    const arrived = `{"run_id":"${runId}","seq":${seq + 1},"type":"log","at":"${AT}","log":{"message":"x","level":"info"}}`;
+    hub.publish([log], [arrived]);
+    await jobDone();
+    expect(a.sink.events.map((e) => e.json)).toEqual([arrived]);
+    expect(a.sink.events[0]?.sse).toBe(`id: ${seq + 1}\nevent: log\ndata: ${arrived}\n\n`);
+    // Without it, the event is encoded here.
+    hub.publish([logOf(runId, seq + 2)]);
+    await jobDone();
+    expect(a.sink.events[1]?.json).toBe(JSON.stringify(logOf(runId, seq + 2)));
+  });
+
   it('paces a fan-out that saturates the server, conflating updates meanwhile', async () => {
     vi.useFakeTimers({ toFake: ['setTimeout'] });
     let clockMs = 1_000;

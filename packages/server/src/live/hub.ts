@@ -205,7 +205,7 @@ export class Hub implements SubscriberHooks {
   ) {
     this.pacer = new FlushPacer(options.nowMs ?? (() => performance.now()));
     this.stopBus = [
-      bus.subscribe('run-events', ({ events }) => this.publish(events)),
+      bus.subscribe('run-events', ({ events, json }) => this.publish(events, json)),
       bus.subscribe('run-reached', ({ run_id, seq }) => this.reached(run_id, seq)),
       bus.subscribe('directory', ({ change }) => this.accessChanged(change)),
       bus.subscribe('resync', () => this.resync()),
@@ -481,12 +481,14 @@ export class Hub implements SubscriberHooks {
   /**
    * Committed events, as they arrive: fanned out in seq order, each encoded at most once whatever
    * the number of subscribers; an event ahead of a gap waits while the gap is read from the store.
+   * `json`, when given, holds each event's JSON as it arrived (it is not made again).
    */
-  publish(events: readonly RunEvent[]): void {
-    for (const event of events) {
+  publish(events: readonly RunEvent[], json?: readonly string[]): void {
+    for (let i = 0; i < events.length; i++) {
+      const event = events[i] as RunEvent;
       this.metrics.eventsPublished.inc({ type: event.type });
       const room = this.rooms.get(event.run_id);
-      if (room) this.arrived(event.run_id, room, event);
+      if (room) this.arrived(event.run_id, room, event, json?.[i]);
     }
     // Something of this commit waits for the pending flush: the pacer counts such commits.
     if (this.flushScheduled) this.pacer.committed();
@@ -496,7 +498,7 @@ export class Hub implements SubscriberHooks {
   }
 
   /** One committed event for a room: out now if it is next, held if a gap is before it. */
-  private arrived(runId: string, room: Room, event: RunEvent): void {
+  private arrived(runId: string, room: Room, event: RunEvent, json: string | undefined): void {
     const delivered = room.deliveredSeq;
     if (delivered !== undefined && event.seq <= delivered) return; // already out
     if (delivered === undefined || room.filling || event.seq > delivered + 1) {
@@ -504,7 +506,7 @@ export class Hub implements SubscriberHooks {
       if (delivered !== undefined) this.scheduleFill(runId, room);
       return;
     }
-    this.fanOut(room, event);
+    this.fanOut(room, event, false, json);
     if (room.held.size > 0) this.releaseHeld(runId, room);
   }
 
@@ -532,14 +534,15 @@ export class Hub implements SubscriberHooks {
    * room's previous state as its delta's base; a synthesized one (`asRead`) is no base for the
    * next.
    */
-  private fanOut(room: Room, event: RunEvent, asRead = false): void {
+  private fanOut(room: Room, event: RunEvent, asRead = false, json?: string): void {
     room.deliveredSeq = event.seq;
     let encoded: EncodedEvent;
     if (event.type === 'update') {
-      encoded = new EncodedEvent(event, isTerminal(event.snapshot.status), room.state);
+      const terminal = isTerminal(event.snapshot.status);
+      encoded = new EncodedEvent(event, { terminal, base: room.state, json });
       room.state = asRead ? undefined : { seq: event.seq, snapshot: event.snapshot };
     } else {
-      encoded = new EncodedEvent(event);
+      encoded = new EncodedEvent(event, { json });
     }
     for (const subscriber of room.subscribers) subscriber.push(encoded);
   }

@@ -52,7 +52,7 @@ const snapshot = (seq: number, status: RunSnapshot['status'] = 'RUNNING') =>
 const update = (seq: number, status: RunSnapshot['status'] = 'RUNNING', runId = 'r') =>
   new EncodedEvent(
     { run_id: runId, seq, type: 'update', at: AT, snapshot: snapshot(seq, status) } as RunEvent,
-    status === 'COMPLETED',
+    { terminal: status === 'COMPLETED' },
   );
 const log = (seq: number, message = 'x', runId = 'r') =>
   new EncodedEvent({ run_id: runId, seq, type: 'log', at: AT, log: { level: 'info', message } } as LogEvent);

@@ -164,6 +164,44 @@ describe('PostgresStore across nodes', () => {
     }
   });
 
+  it("starts a busy lane's batches at most every batchIntervalMs, gathering the calls meanwhile", async () => {
+    const channel = 'runcast_interval_test';
+    // One notification per batch, naming the seqs it committed.
+    const notifier: CommitNotifier = {
+      channel,
+      payloads: (changes) => [changes.map(({ run }) => run.seq).join(',')],
+    };
+    const intervalMs = 300;
+    const { url, stores: started } = await nodes(1, { notifier, batchIntervalMs: intervalMs });
+    const store = started[0] as PostgresStore;
+    const listener = new pg.Client({ connectionString: url });
+    await listener.connect();
+    const heard: string[] = [];
+    const twoHeard = new Promise<void>((resolve) => {
+      listener.on('notification', ({ payload }) => {
+        heard.push(payload ?? '');
+        if (heard.length === 2) resolve();
+      });
+    });
+    try {
+      await listener.query(`LISTEN ${channel}`);
+      await seedRuns(store, 'run_a');
+      const startedMs = performance.now();
+      // An idle lane commits at once.
+      await store.commitRun('run_a', appendOne('first'));
+      // The next batch waits for the interval; a call made meanwhile, on a later turn, joins it.
+      const second = store.commitRun('run_a', appendOne('second'));
+      await new Promise((resolve) => setImmediate(resolve));
+      const third = store.commitRun('run_a', appendOne('third'));
+      expect((await Promise.all([second, third])).map((result) => committed(result).run.seq)).toEqual([2, 3]);
+      expect(performance.now() - startedMs).toBeGreaterThanOrEqual(intervalMs - 5);
+      await twoHeard;
+      expect(heard).toEqual(['1', '2,3']);
+    } finally {
+      await listener.end();
+    }
+  });
+
   it('never deadlocks nodes whose batches take the same runs in other orders', async () => {
     const { stores: pair } = await nodes(2, { commitLanes: 1 });
     const [a, b] = pair as [PostgresStore, PostgresStore];

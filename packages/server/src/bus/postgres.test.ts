@@ -199,6 +199,16 @@ describe('a notification payload', () => {
       { type: 'run-events', events: [ofRun('run_2', 1)], json: [JSON.stringify(ofRun('run_2', 1))] },
       { type: 'run-events', events: [ofRun('run_1', 3)], json: [JSON.stringify(ofRun('run_1', 3))] },
     ]);
+    // One run's commits in a row are one message while their seqs follow each other (another
+    // node may have committed the seq between).
+    const [later] = notifier.payloads([
+      change([ofRun('run_1', 4)]),
+      change([ofRun('run_1', 5)]),
+      change([ofRun('run_1', 7)]),
+    ]);
+    expect(
+      messagesOf(later ?? '').map((m) => (m.type === 'run-events' ? m.events.map((e) => e.seq) : [])),
+    ).toEqual([[4, 5], [7]]);
   });
 
   it('keeps line breaks and separators inside the JSON, and leaves out a line that does not parse', () => {

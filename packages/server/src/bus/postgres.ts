@@ -219,8 +219,8 @@ export class PostgresBus implements Bus {
 
 /**
  * The payload of one notification: the sending node's id, then one line per message. A line is
- * `e` and one run event's JSON (consecutive event lines of one run are one `run-events` message,
- * gapless), or `m` and any other message's JSON. JSON never holds a raw line break.
+ * `e` and one run event's JSON (consecutive lines of one run's consecutive seqs are read as one
+ * `run-events` message), or `m` and any other message's JSON. JSON never holds a raw line break.
  */
 function envelope(nodeId: string, lines: readonly string[]): string {
   return lines.length === 0 ? nodeId : `${nodeId}\n${lines.join('\n')}`;
@@ -279,7 +279,8 @@ export function messagesOf(payload: string): BusMessage[] {
       if (line.startsWith(EVENT_LINE)) {
         const text = line.slice(EVENT_LINE.length);
         const event = JSON.parse(text) as RunEvent;
-        if (events.length > 0 && events[0]?.run_id !== event.run_id) endEvents();
+        const before = events[events.length - 1];
+        if (before && (before.run_id !== event.run_id || before.seq + 1 !== event.seq)) endEvents();
         events.push(event);
         json.push(text);
       } else if (line.startsWith(MESSAGE_LINE)) {

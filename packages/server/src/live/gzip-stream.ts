@@ -96,11 +96,6 @@ export function deflatePieceAfter(text: string, tail: StreamTail): DeflatedPiece
   return { raw, deflated: deflateAfter(raw, history) };
 }
 
-/** Whether two tails are the same bytes (the same shared piece, the same own bytes after it). */
-export function sameTail(a: StreamTail, b: StreamTail): boolean {
-  return a.after === b.after && (a.suffix === b.suffix || a.suffix.equals(b.suffix));
-}
-
 const NO_BYTES = Buffer.alloc(0);
 
 /**
@@ -116,8 +111,6 @@ export class GzipStream {
   private started = false;
   private lastShared: DeflatedPiece | undefined;
   private suffix: Buffer = NO_BYTES;
-  /** `tail()`'s answer until the next piece: one object per write, not per look. */
-  private tailSeen: StreamTail | undefined;
 
   /**
    * Counts `piece` into the member's checksum and length; answers the header to send before it
@@ -127,7 +120,6 @@ export class GzipStream {
   add(piece: DeflatedPiece, shared = false): Buffer | undefined {
     this.crc = crc32(piece.raw, this.crc);
     this.size = (this.size + piece.raw.length) >>> 0;
-    this.tailSeen = undefined;
     if (shared) {
       this.lastShared = piece;
       this.suffix = NO_BYTES;
@@ -148,9 +140,16 @@ export class GzipStream {
 
   /** What the stream ended with, if a piece may be compressed after it. */
   tail(): StreamTail | undefined {
-    if (!this.lastShared) return undefined;
-    this.tailSeen ??= { after: this.lastShared, suffix: this.suffix };
-    return this.tailSeen;
+    return this.lastShared ? { after: this.lastShared, suffix: this.suffix } : undefined;
+  }
+
+  /**
+   * Whether the stream ends with `tail` (the same shared piece, the same own bytes after it): a
+   * piece compressed after it continues this stream. Asked of every stream for every event, so
+   * it makes nothing.
+   */
+  endsWith(tail: StreamTail): boolean {
+    return this.lastShared === tail.after && (this.suffix === tail.suffix || this.suffix.equals(tail.suffix));
   }
 
   /** The bytes that end the member: the last block, the CRC-32 and the length mod 2^32. */

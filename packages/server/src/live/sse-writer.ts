@@ -7,7 +7,6 @@ import {
   deflatePieceAfter,
   GzipStream,
   type StreamTail,
-  sameTail,
 } from './gzip-stream.js';
 
 /**
@@ -147,23 +146,24 @@ function chunked(piece: DeflatedPiece): ChunkedPiece {
 }
 
 /**
- * The event's frame (single-run or without id) for a stream ending with `tail`: compressed after
- * it when the first stream to write this frame had the same tail (the streams of a run share
- * their frames in the same order, so this is the rule), compressed alone otherwise.
+ * The event's frame (single-run or without id) for `stream`: compressed after the stream's tail
+ * when the first stream to write this frame had the same tail (the streams of a run share their
+ * frames in the same order, so this is the rule), compressed alone otherwise.
  */
-function framePiece(event: EncodedEvent, multiplexed: boolean, tail: StreamTail | undefined): ChunkedPiece {
+function framePiece(event: EncodedEvent, multiplexed: boolean, stream: GzipStream): ChunkedPiece {
   event.sseGzip ??= {};
   const frames = event.sseGzip;
   const text = multiplexed ? event.sseWithoutId : event.sse;
-  if (tail) {
-    let after = multiplexed ? frames.withoutIdAfter : frames.singleAfter;
-    if (!after) {
+  let after = multiplexed ? frames.withoutIdAfter : frames.singleAfter;
+  if (!after) {
+    const tail = stream.tail();
+    if (tail) {
       after = { tail, ...chunked(deflatePieceAfter(text, tail)) };
       if (multiplexed) frames.withoutIdAfter = after;
       else frames.singleAfter = after;
     }
-    if (sameTail(after.tail, tail)) return after;
   }
+  if (after && stream.endsWith(after.tail)) return after;
   let alone = multiplexed ? frames.withoutId : frames.single;
   if (!alone) {
     alone = chunked(deflatePiece(text));
@@ -197,14 +197,14 @@ export class GzipSseWriter extends ResponseWriter {
       const parts: Buffer[] = [];
       for (let i = 0; i < events.length; i++) {
         parts.push(...this.gzip.next(deflatePiece(`id: ${ids[i]}\n`)));
-        const { piece } = framePiece(events[i] as EncodedEvent, true, this.gzip.tail());
+        const { piece } = framePiece(events[i] as EncodedEvent, true, this.gzip);
         parts.push(...this.gzip.next(piece, true));
       }
       this.send(parts);
       return;
     }
     if (events.length === 1 && this.direct) {
-      const frame = framePiece(first, false, this.gzip.tail());
+      const frame = framePiece(first, false, this.gzip);
       const header = this.gzip.add(frame.piece, true);
       // The common write of a fan-out: one event, its chunk shared; this stream's own cost is a CRC update.
       if (header) this.send([header, frame.piece.deflated]);
@@ -213,7 +213,7 @@ export class GzipSseWriter extends ResponseWriter {
     }
     const parts: Buffer[] = [];
     for (const event of events)
-      parts.push(...this.gzip.next(framePiece(event, false, this.gzip.tail()).piece, true));
+      parts.push(...this.gzip.next(framePiece(event, false, this.gzip).piece, true));
     this.send(parts);
   }
 

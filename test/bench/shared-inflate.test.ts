@@ -1,6 +1,6 @@
 import { constants, createDeflateRaw, type DeflateRaw, deflateRawSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
-import { lastSseFrame, SharedInflater } from '../../bench/src/load/shared-inflate.js';
+import { lastSseFrame, SharedGunzip, SharedInflater } from '../../bench/src/load/shared-inflate.js';
 
 // The bench's load reads thousands of compressed connections with inflaters that share their
 // work; what they give must be exactly what a connection's own inflater would.
@@ -33,7 +33,8 @@ describe('the load’s shared inflater', () => {
     );
     const connections = Array.from({ length: 3 }, () => new SharedInflater(10, true, false));
     for (const [i, unit] of units.entries()) {
-      for (const connection of connections) expect(connection.inflate(unit).toString()).toBe(messages[i]);
+      for (const connection of connections)
+        expect(connection.inflate(unit).bytes.toString()).toBe(messages[i]);
     }
   });
 
@@ -45,14 +46,14 @@ describe('the load’s shared inflater', () => {
     );
     const units = await compressAll(messages, 15);
     const connection = new SharedInflater(15, true, false);
-    expect(units.map((unit) => connection.inflate(unit).toString())).toEqual(messages);
+    expect(units.map((unit) => connection.inflate(unit).bytes.toString())).toEqual(messages);
   });
 
   it('reads permessage-deflate messages, whose sync-flush tail the sender leaves off', async () => {
     const messages = Array.from({ length: 50 }, (_, i) => tick(i));
     const units = (await compressAll(messages, 10)).map((unit) => unit.subarray(0, unit.length - 4));
     const connection = new SharedInflater(10, true, true);
-    expect(units.map((unit) => connection.inflate(unit).toString())).toEqual(messages);
+    expect(units.map((unit) => connection.inflate(unit).bytes.toString())).toEqual(messages);
   });
 });
 
@@ -70,7 +71,7 @@ describe('the load’s shared inflater on SSE streams', () => {
     const oneByOne = new SharedInflater(15, true, false, lastSseFrame);
     const batched = new SharedInflater(15, true, false, lastSseFrame);
     const read = (inflater: SharedInflater, units: Buffer[]) =>
-      units.map((unit) => inflater.inflate(unit).toString()).join('');
+      units.map((unit) => inflater.inflate(unit).bytes.toString()).join('');
     expect(
       read(
         oneByOne,
@@ -80,5 +81,20 @@ describe('the load’s shared inflater on SSE streams', () => {
     // Two writes of the server batched into one unit, then one piece at a time again.
     const units = [piece(0), Buffer.concat([piece(1), piece(2)]), piece(3), piece(4), piece(5)];
     expect(read(batched, units)).toBe(frames.join(''));
+  });
+
+  it('reads a gzip stream given as the latin1 text of its chunks, each result decoded once for all', () => {
+    const header = Buffer.from([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]);
+    const chunks = frames.map((_, i) =>
+      (i === 0 ? Buffer.concat([header, piece(0)]) : piece(i)).toString('latin1'),
+    );
+    const first = new SharedGunzip();
+    const second = new SharedGunzip();
+    const results = chunks.map((chunk) => first.inflate(chunk));
+    expect(results.map((inflated) => inflated.text).join('')).toBe(frames.join(''));
+    // Another connection with the same bytes gets the very same results, their text made once.
+    const again = chunks.map((chunk) => second.inflate(chunk));
+    for (const [i, inflated] of again.entries()) expect(inflated).toBe(results[i]);
+    expect(() => new SharedGunzip().inflate(chunks[1] as string)).toThrow(/not a gzip stream/);
   });
 });

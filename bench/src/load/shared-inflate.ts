@@ -7,9 +7,9 @@ import type WebSocket from 'ws';
  * connection. A unit is inflated at once against a dictionary that is a suffix of the
  * connection's true window: zlib then gives exactly what the connection's own inflater would, or
  * fails ("invalid distance too far back") if the unit refers further back — never other bytes.
- * So a unit is first inflated alone, then after the connection's last message (its last SSE
- * frame, or its last WebSocket message), then after its whole window. The first two results
- * are shared by every connection with the same unit and the same last message, which is what
+ * So a unit is first inflated after the connection's last message (its last SSE frame, or its
+ * last WebSocket message; alone before the first), then after its whole window. The first
+ * result is shared by every connection with the same unit and the same last message, which is what
  * lets one load core read thousands of compressed connections; connections whose writes were
  * batched differently meet again at the next message.
  */
@@ -18,15 +18,29 @@ import type WebSocket from 'ws';
 const TRAILER = Buffer.from([0x00, 0x00, 0xff, 0xff]);
 /** A unit that refers further back than the dictionary it was tried with. */
 const FURTHER_BACK = Symbol('further back');
-type Tried = Buffer | typeof FURTHER_BACK;
+
+/**
+ * What a unit inflated to: its bytes, and their latin1 text, made once for every connection
+ * that shares the result.
+ */
+export class Inflated {
+  private latin1: string | undefined;
+  constructor(readonly bytes: Buffer) {}
+  get text(): string {
+    this.latin1 ??= this.bytes.toString('latin1');
+    return this.latin1;
+  }
+}
+type Tried = Inflated | typeof FURTHER_BACK;
 
 function tryInflate(unit: Buffer, windowBits: number, dictionary: Buffer | undefined): Tried {
   try {
-    return inflateRawSync(unit, {
+    const bytes = inflateRawSync(unit, {
       windowBits,
       finishFlush: zlib.Z_SYNC_FLUSH,
       ...(dictionary && dictionary.length > 0 ? { dictionary } : {}),
     });
+    return new Inflated(bytes);
   } catch (err) {
     if (/too far back/.test((err as Error).message)) return FURTHER_BACK;
     throw err;
@@ -37,13 +51,13 @@ function tryInflate(unit: Buffer, windowBits: number, dictionary: Buffer | undef
 class Results {
   private readonly map = new Map<string, Tried>();
 
-  get(key: string, make: () => Tried): Tried {
-    let result = this.map.get(key);
-    if (result === undefined) {
-      result = make();
-      if (this.map.size >= 20_000) this.map.clear();
-      this.map.set(key, result);
-    }
+  get(key: string): Tried | undefined {
+    return this.map.get(key);
+  }
+
+  set(key: string, result: Tried): Tried {
+    if (this.map.size >= 20_000) this.map.clear();
+    this.map.set(key, result);
     return result;
   }
 }
@@ -65,11 +79,19 @@ function afterMessage(key: string): Results {
 /** A connection's last message, made once for each result that connections share. */
 interface Last {
   message: Buffer;
-  /** Its bytes as one string for every connection, so that lookups reuse its hash. */
-  key: string;
+  /** The results of the units inflated after it (`afterMessage` of its bytes). */
+  results: Results;
 }
 /** By the way a last message is found, then by the result it was found in. */
-const lastOf = new Map<LastMessage, WeakMap<Buffer, Last>>();
+const lastOf = new Map<LastMessage, WeakMap<Inflated, Last>>();
+function lastMessagesBy(lastMessage: LastMessage): WeakMap<Inflated, Last> {
+  let known = lastOf.get(lastMessage);
+  if (!known) {
+    known = new WeakMap();
+    lastOf.set(lastMessage, known);
+  }
+  return known;
+}
 
 /** Where a connection's last message starts in what a unit inflated to. */
 export type LastMessage = (inflated: Buffer) => number;
@@ -86,11 +108,16 @@ const wholeUnit: LastMessage = () => 0;
  * One connection's inflater: each `inflate` takes the connection's next unit.
  */
 export class SharedInflater {
-  /** What the connection inflated, newest last, as much as its window holds. */
+  /**
+   * What the connection inflated, newest last, as much as its window holds from `oldest` on
+   * (dropped a few at a time, not one by one).
+   */
   private recent: Buffer[] = [];
+  private oldest = 0;
   private recentBytes = 0;
-  /** The connection's last message, and its bytes as a key. */
+  /** The connection's last message. */
   private last: Last | undefined;
+  private readonly lastMessages: WeakMap<Inflated, Last>;
 
   constructor(
     private readonly windowBits: number,
@@ -99,44 +126,65 @@ export class SharedInflater {
     /** True for permessage-deflate, whose sender leaves each message's sync-flush tail off. */
     private readonly trailer: boolean,
     private readonly lastMessage: LastMessage = wholeUnit,
-  ) {}
+  ) {
+    this.lastMessages = lastMessagesBy(lastMessage);
+  }
 
-  inflate(compressed: Buffer): Buffer {
-    const unit = this.trailer ? Buffer.concat([compressed, TRAILER]) : compressed;
-    const key = unit.toString('latin1');
+  /**
+   * Inflates the connection's next unit, given as its bytes or as their latin1 text (what a
+   * socket read as latin1 gives, used as is for the lookups). Only a unit that no connection met
+   * before is made into bytes and inflated: after the connection's last message when it has one
+   * (one lookup: a unit that refers back no further gives the same bytes either way), alone
+   * otherwise, and after the whole window when that fails.
+   */
+  inflate(compressed: Buffer | string): Inflated {
+    const key = typeof compressed === 'string' ? compressed : compressed.toString('latin1');
     const { windowBits, last } = this;
-    let result = alone.get(key, () => tryInflate(unit, windowBits, undefined));
-    if (result === FURTHER_BACK && last) {
-      result = afterMessage(last.key).get(key, () => tryInflate(unit, windowBits, last.message));
+    const results = last ? last.results : alone;
+    let result = results.get(key);
+    if (result === undefined) {
+      result = results.set(key, tryInflate(this.unit(compressed), windowBits, last?.message));
     }
-    if (result === FURTHER_BACK && this.recent.length > 0) {
-      const window = Buffer.concat(this.recent);
-      result = tryInflate(unit, windowBits, window.subarray(Math.max(0, window.length - (1 << windowBits))));
+    if (result === FURTHER_BACK && this.recent.length > this.oldest) {
+      const window = Buffer.concat(this.recent.slice(this.oldest));
+      const dictionary = window.subarray(Math.max(0, window.length - (1 << windowBits)));
+      result = tryInflate(this.unit(compressed), windowBits, dictionary);
     }
     if (result === FURTHER_BACK) throw new Error('a unit refers back beyond the window');
     this.remember(result);
     return result;
   }
 
-  private remember(inflated: Buffer): void {
+  /** The bytes zlib inflates for a unit. */
+  private unit(compressed: Buffer | string): Buffer {
+    const bytes = typeof compressed === 'string' ? Buffer.from(compressed, 'latin1') : compressed;
+    return this.trailer ? Buffer.concat([bytes, TRAILER]) : bytes;
+  }
+
+  private remember(result: Inflated): void {
+    const inflated = result.bytes;
     if (!this.takeover || inflated.length === 0) return;
-    let known = lastOf.get(this.lastMessage);
-    if (!known) {
-      known = new WeakMap();
-      lastOf.set(this.lastMessage, known);
-    }
-    let last = known.get(inflated);
+    let last = this.lastMessages.get(result);
     if (!last) {
       const message = inflated.subarray(this.lastMessage(inflated));
-      last = { message, key: message.toString('latin1') };
-      known.set(inflated, last);
+      last = { message, results: afterMessage(message.toString('latin1')) };
+      this.lastMessages.set(result, last);
     }
     this.last = last;
-    this.recent.push(inflated);
+    const recent = this.recent;
+    recent.push(inflated);
     this.recentBytes += inflated.length;
     const size = 1 << this.windowBits;
-    while (this.recent.length > 1 && this.recentBytes - (this.recent[0] as Buffer).length >= size) {
-      this.recentBytes -= (this.recent.shift() as Buffer).length;
+    while (
+      recent.length - this.oldest > 1 &&
+      this.recentBytes - (recent[this.oldest] as Buffer).length >= size
+    ) {
+      this.recentBytes -= (recent[this.oldest] as Buffer).length;
+      this.oldest++;
+    }
+    if (this.oldest >= 64 && 2 * this.oldest >= recent.length) {
+      this.recent = recent.slice(this.oldest);
+      this.oldest = 0;
     }
   }
 }
@@ -171,7 +219,7 @@ export function inflateShared(socket: WebSocket): void {
       const compressed = fragments.length > 0 ? Buffer.concat([...fragments, data]) : data;
       fragments = [];
       try {
-        result = inflater.inflate(compressed);
+        result = inflater.inflate(compressed).bytes;
       } catch (err) {
         queueMicrotask(() => callback(err as Error));
         return;
@@ -185,21 +233,23 @@ export function inflateShared(socket: WebSocket): void {
 /** The fixed gzip member header (RFC 1952) with no optional fields, as this load accepts it. */
 const GZIP_HEADER = 10;
 
+/** The first bytes of a gzip member with a plain header (RFC 1952): magic, deflate, no flags. */
+const GZIP_MAGIC = '\x1f\x8b\x08\x00';
+
 /**
  * A gzip stream's body read piece by piece through the shared histories: the first piece starts
- * with the gzip header, every piece ends on a sync flush (one HTTP chunk per server write).
+ * with the gzip header, every piece ends on a sync flush (one HTTP chunk per server write). A
+ * piece is given as its bytes' latin1 text, as the socket read it.
  */
 export class SharedGunzip {
   private inflater: SharedInflater | undefined;
 
-  inflate(piece: Buffer): Buffer {
+  inflate(piece: string): Inflated {
     let deflated = piece;
     if (!this.inflater) {
-      if (piece[0] !== 0x1f || piece[1] !== 0x8b || piece[2] !== 8 || piece[3] !== 0) {
-        throw new Error('not a gzip stream with a plain header');
-      }
+      if (!piece.startsWith(GZIP_MAGIC)) throw new Error('not a gzip stream with a plain header');
       this.inflater = new SharedInflater(15, true, false, lastSseFrame);
-      deflated = piece.subarray(GZIP_HEADER);
+      deflated = piece.slice(GZIP_HEADER);
     }
     return this.inflater.inflate(deflated);
   }

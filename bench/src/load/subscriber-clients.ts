@@ -3,7 +3,7 @@ import { io as ioClient } from 'socket.io-client';
 import WebSocket from 'ws';
 import { requestText } from '../raw-http.js';
 import { nowMs } from '../time.js';
-import { inflateShared, SharedGunzip } from './shared-inflate.js';
+import { type Inflated, inflateShared, SharedGunzip } from './shared-inflate.js';
 import { type ClientState, scanEvent } from './tracker.js';
 
 /** Which server and protocol the subscribers speak. */
@@ -277,15 +277,15 @@ class SseSubscriber extends BaseSubscriber {
   private onPiece(generation: number): boolean {
     const piece = this.piece;
     this.piece = '';
-    let inflated: Buffer;
+    let inflated: Inflated;
     try {
-      inflated = (this.gunzip as SharedGunzip).inflate(Buffer.from(piece, 'latin1'));
+      inflated = (this.gunzip as SharedGunzip).inflate(piece);
     } catch (err) {
       this.socket?.destroy();
       if (!this.state.finished) this.lost(generation, `sse: gzip: ${(err as Error).message}`);
       return false;
     }
-    this.onText(inflated.toString('latin1'));
+    this.onText(inflated.text);
     return true;
   }
 

@@ -51,7 +51,7 @@ export class RuncastServer {
   private constructor(
     readonly process: BenchProcess,
     readonly port: number,
-    private readonly dataDir: string,
+    readonly dataDir: string,
   ) {
     this.url = `http://127.0.0.1:${port}`;
     process.onLine((line) => {

@@ -1,4 +1,7 @@
+import { readdirSync, readFileSync } from 'node:fs';
+import { createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
+import pg from 'pg';
 import { BenchProcess, LOAD_CPU } from '../bench-process.js';
 import { type BenchHaproxy, startHaproxy } from '../haproxy.js';
 import type { ProducerFinishResult, ProducerStartArgs } from '../load/producer.js';
@@ -36,6 +39,8 @@ export interface ClusterParams {
   failoverCycles: number;
   /** SIGSTOP of node C's LISTEN backend, then SIGCONT. */
   listenerCycles: number;
+  /** `kill -9` of the node executing a git-mirror run, until another node takes the run over. */
+  ownerCycles: number;
   /** Concurrent closed-loop producers of the ingest comparison. */
   ingestProducers: number;
   ingestWarmupMs: number;
@@ -69,6 +74,7 @@ export function clusterParams(quick: boolean): ClusterParams {
     deliveryRounds: quick ? 1 : 2,
     failoverCycles: quick ? 1 : 4,
     listenerCycles: quick ? 1 : 3,
+    ownerCycles: quick ? 1 : 3,
     ingestProducers: 64,
     ingestWarmupMs: quick ? 300 : 1000,
     ingestMs: quick ? 1000 : 8000,
@@ -101,8 +107,19 @@ const PROBE_TIMEOUT_MS = 20_000;
 // deploy/haproxy.cfg's `check` keeps HAProxy's defaults: a check every 2 s, up after 2 passes.
 const HAPROXY_RISE_MS = 4500;
 const DETECT_TARGET_S = 5;
+/**
+ * The nodes' run lease (`RUNCAST_RUN_LEASE_MS`), short so that an owner's failover is measured in
+ * seconds; the target is the lease and 1 s.
+ */
+const LEASE_MS = 2000;
+const OWNER_TARGET_MS = LEASE_MS + 1000;
 const P99_TARGET_MS = 50;
 const CPU_TARGET_RATIO = 1.2;
+
+/** A node's settings: the cluster's, and its own id (the owner of the runs it executes). */
+function nodeEnv(env: Record<string, string>, name: string): Record<string, string> {
+  return { ...env, RUNCAST_NODE_ID: `node-${name}` };
+}
 
 /** Three Runcast nodes on one PostgreSQL, the same RUNCAST_SECRET, HAProxy round-robin in front. */
 class Cluster {
@@ -120,12 +137,13 @@ class Cluster {
       RUNCAST_DATABASE_URL: postgres.url,
       RUNCAST_SECRET: SECRET,
       RUNCAST_TRUST_PROXY: 'loopback',
+      RUNCAST_RUN_LEASE_MS: String(LEASE_MS),
     };
     const nodes: RuncastServer[] = [];
     try {
       // Started together, as an operator would: the migrations and the bootstrap admin race.
       const started = await Promise.allSettled(
-        NODE_NAMES.map(() => RuncastServer.start(env, { cpu: cpu ?? null })),
+        NODE_NAMES.map((name) => RuncastServer.start(nodeEnv(env, name), { cpu: cpu ?? null })),
       );
       for (const result of started) if (result.status === 'fulfilled') nodes.push(result.value);
       const failed = started.find((result) => result.status === 'rejected');
@@ -153,7 +171,10 @@ class Cluster {
   /** Starts node `index` again on its port (HAProxy's server line stays valid). */
   async restart(index: number): Promise<void> {
     const old = this.nodes[index]!;
-    this.nodes[index] = await RuncastServer.start(this.env, { port: old.port, cpu: this.cpu ?? null });
+    this.nodes[index] = await RuncastServer.start(nodeEnv(this.env, NODE_NAMES[index]!), {
+      port: old.port,
+      cpu: this.cpu ?? null,
+    });
   }
 
   problems(): string[] {
@@ -367,6 +388,7 @@ interface FailoverCycle {
 interface ClusterRun {
   /** One delivery window per round. */
   deliveries: Delivery[];
+  owners: OwnerCycle[];
   listener: ListenerCycle[];
   failoverDelivery: Delivery;
   failover: FailoverCycle[];
@@ -480,6 +502,125 @@ async function failoverAndIngest(
   return { failoverDelivery, failover, ingest };
 }
 
+interface OwnerCycle {
+  node: string;
+  /** From `kill -9` of the run's owner to the run ended INTERRUPTED by another node. */
+  takeoverMs: number | undefined;
+}
+
+/** Processes whose command line holds `text` (the git a node started in its data dir). */
+function processesMentioning(text: string): number[] {
+  const pids: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      if (readFileSync(`/proc/${entry}/cmdline`, 'utf8').includes(text)) pids.push(Number(entry));
+    } catch {
+      // ended meanwhile
+    }
+  }
+  return pids;
+}
+
+/**
+ * Run ownership failover: a git-mirror run whose source never answers (a loopback server that
+ * accepts and stays silent) stays RUNNING on the node that claimed it; that node is killed with
+ * SIGKILL (and its git with it, as a supervisor ending its cgroup would), and the figure runs
+ * until another node, its lease over, has claimed the run and ended it FAILED/INTERRUPTED. The
+ * killed node is restarted on its port.
+ */
+async function ownerFailover(
+  cluster: Cluster,
+  params: ClusterParams,
+  problems: string[],
+  log: (line: string) => void,
+): Promise<OwnerCycle[]> {
+  const held = new Set<Socket>();
+  const silent = createServer((socket) => {
+    held.add(socket);
+    socket.on('error', () => {});
+    socket.on('close', () => held.delete(socket));
+  });
+  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+  const port = (silent.address() as { port: number }).port;
+  const db = new pg.Client({ connectionString: cluster.postgres.url });
+  await db.connect();
+  const row = async (runId: string) =>
+    (
+      await db.query<{ owner: string | null; status: string; stage: string | null; error: string | null }>(
+        'SELECT owner, status, stage, error FROM runs WHERE run_id = $1',
+        [runId],
+      )
+    ).rows[0];
+  const cycles: OwnerCycle[] = [];
+  try {
+    const project = await cluster.nodes[0]!.api<{ project_id: string }>('POST', '/projects', {
+      name: 'owner failover',
+    });
+    for (let cycle = 0; cycle < params.ownerCycles; cycle++) {
+      // Node A may be the one restarted last: asked through its current process.
+      const run = await cluster.nodes[0]!.api<{ run_id: string }>('POST', '/runs', {
+        project_id: project.project_id,
+        kind: 'git-mirror',
+        config: {
+          repositories: [
+            { source: `git://127.0.0.1:${port}/silent.git`, target: `git://127.0.0.1:${port}/target.git` },
+          ],
+        },
+      });
+      let owner = -1;
+      let seen: Awaited<ReturnType<typeof row>>;
+      for (const deadline = Date.now() + 20_000; owner < 0 && Date.now() < deadline; await sleep(50)) {
+        seen = await row(run.run_id);
+        const stored = seen;
+        if (stored?.status === 'RUNNING' && stored.owner) {
+          owner = NODE_NAMES.findIndex((name) => stored.owner === `node-${name}`);
+        }
+      }
+      if (owner < 0) {
+        problems.push(
+          `owner failover: run ${run.run_id} was not executed by a node within 20 s (${JSON.stringify(seen)})`,
+        );
+        break;
+      }
+      const victim = cluster.nodes[owner]!;
+      const killedAt = Date.now();
+      await cluster.kill(owner);
+      for (const pid of processesMentioning(`${victim.dataDir}/`)) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          // gone already
+        }
+      }
+      let takeoverMs: number | undefined;
+      for (const deadline = killedAt + OWNER_TARGET_MS + 15_000; Date.now() < deadline; await sleep(20)) {
+        const stored = await row(run.run_id);
+        if (stored && stored.status !== 'RUNNING') {
+          takeoverMs = Date.now() - killedAt;
+          if (stored.status !== 'FAILED' || !stored.error?.includes('INTERRUPTED')) {
+            problems.push(
+              `owner failover: run ${run.run_id} ended ${stored.status} (${stored.error}), not INTERRUPTED`,
+            );
+          }
+          break;
+        }
+      }
+      if (takeoverMs === undefined) problems.push(`owner failover: run ${run.run_id} was never taken over`);
+      cycles.push({ node: NODE_NAMES[owner]!, takeoverMs });
+      log(
+        `  kill -9 of node ${NODE_NAMES[owner]}, owner of a git-mirror run: taken over after ${takeoverMs} ms`,
+      );
+      await cluster.restart(owner);
+    }
+  } finally {
+    await db.end();
+    for (const socket of held) socket.destroy();
+    silent.close();
+  }
+  return cycles;
+}
+
 /**
  * Both topologies up side by side: delivery windows in turn (one node on SQLite, then the
  * cluster, `deliveryRounds` times), then the single node's ingest, then the cluster's faults and
@@ -516,10 +657,11 @@ async function measure(
       ...server.errorLines.slice(0, 5).map((line) => `one node on SQLite: server logged an error: ${line}`),
     );
     const rest = await failoverAndIngest(cluster, params, problems, log);
+    const owners = await ownerFailover(cluster, params, problems, log);
     problems.push(...cluster.problems());
     return {
       single: { deliveries: singleDeliveries, ingest: singleIngest },
-      cluster: { deliveries, listener, ...rest },
+      cluster: { deliveries, listener, owners, ...rest },
     };
   } finally {
     await cluster?.stop();
@@ -683,6 +825,15 @@ function rows(params: ClusterParams, cluster: ClusterRun, single: SingleNode): R
       baselines: [],
     },
   );
+  const takeovers = cluster.owners.map((cycle) => cycle.takeoverMs ?? Number.NaN);
+  const worstTakeover = takeovers.length > 0 ? Math.max(...takeovers) : undefined;
+  out.push({
+    figure: `run owner failover: kill -9 of the node executing a git-mirror run to another node ending it INTERRUPTED, worst of ${takeovers.length} (ms), lease ${LEASE_MS} ms`,
+    digits: 0,
+    runcast: worstTakeover,
+    baselines: [],
+    target: { text: `≤ lease + 1 s (${OWNER_TARGET_MS} ms)`, holds: holds(worstTakeover, OWNER_TARGET_MS) },
+  });
   const verifies = [...cluster.deliveries, cluster.failoverDelivery].flatMap((d) => Object.values(d.verify));
   const lost = verifies.reduce((sum, v) => sum + v.lostLogs + v.duplicateLogs, 0);
   out.push({
@@ -727,7 +878,8 @@ export async function runCluster(
       'Producers: one keep-alive connection per run. PostgreSQL runs with its defaults (synchronous_commit on), SQLite with Runcast’s (WAL, synchronous NORMAL).',
       `Delivery windows are taken in turn, one node then the cluster, ${params.deliveryRounds} time${params.deliveryRounds > 1 ? 's' : ''}, with both topologies up (the one not measured is idle): CPU figures and delivered events/s are the rounds’ mean, latencies the worst round’s.`,
       'Commit-to-delivery is receipt time minus the event’s `at` (set by the node that committed it, ms precision), measured on every subscriber; CPU per delivered event is the nodes’ utime+stime over the window ÷ events received; PostgreSQL’s (postmaster and backends) is shown apart.',
-      `Subscriber failover: the WebSocket subscribers connect through HAProxy (deploy/haproxy.cfg as shipped, round-robin, three server lines); node B or C is killed with SIGKILL in turn and restarted on its port; the figure runs from the kill to the first event committed after it that a subscriber of the killed node received (it reconnects after 100–500 ms and resumes by seq). With ${params.updatesPerSPerRun + params.logsPerSPerRun} events/s per run it includes up to ${Math.round(1000 / (params.updatesPerSPerRun + params.logsPerSPerRun))} ms of waiting for that event. Run ownership failover (lease) is not measured here.`,
+      `Subscriber failover: the WebSocket subscribers connect through HAProxy (deploy/haproxy.cfg as shipped, round-robin, three server lines); node B or C is killed with SIGKILL in turn and restarted on its port; the figure runs from the kill to the first event committed after it that a subscriber of the killed node received (it reconnects after 100–500 ms and resumes by seq). With ${params.updatesPerSPerRun + params.logsPerSPerRun} events/s per run it includes up to ${Math.round(1000 / (params.updatesPerSPerRun + params.logsPerSPerRun))} ms of waiting for that event.`,
+      `Run owner failover: the nodes run with RUNCAST_RUN_LEASE_MS=${LEASE_MS} (renewed every third of it; other nodes look for claimable runs every second). A git-mirror run whose source is a loopback server that accepts and never answers stays RUNNING on the node that claimed it (its git waits on the source); that node and its git are killed with SIGKILL, and the figure runs until PostgreSQL shows the run ended FAILED/INTERRUPTED by the node that took it over.`,
       'The failover tail comes in steps of about 3 s: until its health checks fail (`check` with HAProxy’s defaults: every 2 s, down after 3 failures) HAProxy still sends a third of the new connections to the dead node, retries a refused connect there three times a second apart without `option redispatch`, then answers 503, and the subscriber tries again.',
       'Dead bus listener: the PostgreSQL backend of node C’s LISTEN session is stopped with SIGSTOP (found through pg_stat_activity and the node’s sockets); the figure runs from the stop to node C’s first delivery of an event committed after it on node A. The bus hears its own heartbeat every 1 s and replaces a listener silent for 3 s, then resyncs from the store.',
       `Ingest: ${params.ingestProducers} closed-loop producers, one run each, PATCH …/progress to node A (PostgreSQL) and to the SQLite node, as the ingest scenario does.`,

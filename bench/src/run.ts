@@ -188,7 +188,12 @@ function plan(maxConnections: number, results: ScenarioResult[]): Planned[] {
     },
   });
   const label = subscribers.toLocaleString('en-US');
-  const cluster: Planned = { id: 'cluster', run: () => runCluster(clusterParams(quick), log) };
+  const cluster: Planned = {
+    id: 'cluster',
+    // Its section is also written alone, as bench/results/cluster.md (the README links it).
+    standalone: true,
+    run: () => runCluster(clusterParams(quick), log),
+  };
   const scenarios: Planned[] = [
     {
       id: 'ws-fanout',

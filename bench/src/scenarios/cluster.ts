@@ -71,7 +71,7 @@ export function clusterParams(quick: boolean): ClusterParams {
     producerConnections: quick ? 20 : 200,
     warmupMs: quick ? 1000 : 3000,
     measureMs: quick ? 2000 : 15_000,
-    deliveryRounds: quick ? 1 : 2,
+    deliveryRounds: quick ? 1 : 3,
     failoverCycles: quick ? 1 : 4,
     listenerCycles: quick ? 1 : 3,
     ownerCycles: quick ? 1 : 3,

@@ -109,3 +109,20 @@ describe('GzipStream', () => {
     expect(gunzipSync(new GzipStream().end()).length).toBe(0);
   });
 });
+
+describe('a piece shared by many streams', () => {
+  it('keeps every stream checkable once it counts by table (past its first uses)', () => {
+    const shared = deflatePiece(texts[1]!);
+    const streams = Array.from({ length: 20 }, (_, i) => {
+      const stream = new GzipStream();
+      const own = `retry: ${i}\n\n`;
+      return { stream, own, parts: [...stream.next(deflatePiece(own))] };
+    });
+    for (const s of streams) s.parts.push(...s.stream.next(shared, true), ...s.stream.next(shared, true));
+    for (const { stream, own, parts } of streams) {
+      expect(gunzipSync(Buffer.concat([...parts, stream.end()])).toString()).toBe(
+        own + texts[1]! + texts[1]!,
+      );
+    }
+  });
+});

@@ -134,11 +134,13 @@ interface PieceAfter extends ChunkedPiece {
  * multiplexed streams, each alone and after the tail the streams share (the run's previous
  * frame, usually), each made on first use.
  */
-export interface GzipFrames {
-  single?: ChunkedPiece;
-  singleAfter?: PieceAfter;
-  withoutId?: ChunkedPiece;
-  withoutIdAfter?: PieceAfter;
+export class GzipFrames {
+  // Every field is set from the start, so that all events' frames have one shape (an object
+  // grown field by field in varying order makes the fan-out's lookups polymorphic).
+  single: ChunkedPiece | undefined = undefined;
+  singleAfter: PieceAfter | undefined = undefined;
+  withoutId: ChunkedPiece | undefined = undefined;
+  withoutIdAfter: PieceAfter | undefined = undefined;
 }
 
 function chunked(piece: DeflatedPiece): ChunkedPiece {
@@ -151,7 +153,7 @@ function chunked(piece: DeflatedPiece): ChunkedPiece {
  * frames in the same order, so this is the rule), compressed alone otherwise.
  */
 function framePiece(event: EncodedEvent, multiplexed: boolean, stream: GzipStream): ChunkedPiece {
-  event.sseGzip ??= {};
+  event.sseGzip ??= new GzipFrames();
   const frames = event.sseGzip;
   const text = multiplexed ? event.sseWithoutId : event.sse;
   let after = multiplexed ? frames.withoutIdAfter : frames.singleAfter;
@@ -190,8 +192,8 @@ export class GzipSseWriter extends ResponseWriter {
   }
 
   writeEvents(events: readonly EncodedEvent[], ids?: readonly string[]): void {
-    const [first] = events;
-    if (!first) return;
+    const first = events[0];
+    if (first === undefined) return;
     if (ids) {
       // The id line is this stream's own (a short stored block); the rest is the event's shared piece.
       const parts: Buffer[] = [];
@@ -203,12 +205,13 @@ export class GzipSseWriter extends ResponseWriter {
       this.send(parts);
       return;
     }
-    if (events.length === 1 && this.direct) {
+    const direct = this.direct;
+    if (events.length === 1 && direct !== undefined) {
       const frame = framePiece(first, false, this.gzip);
       const header = this.gzip.add(frame.piece, true);
       // The common write of a fan-out: one event, its chunk shared; this stream's own cost is a CRC update.
       if (header) this.send([header, frame.piece.deflated]);
-      else if (this.direct.writable) this.direct.write(frame.chunk);
+      else if (direct.writable) direct.write(frame.chunk);
       return;
     }
     const parts: Buffer[] = [];

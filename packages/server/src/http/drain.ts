@@ -21,12 +21,22 @@ export class ConnectionDrain {
    * them: an `upgrade` listener of our own would leave unserved upgrade requests hanging.
    */
   watch(server: Server, upgrades: boolean): void {
+    const unused = this.unused;
+    // One listener for every connection, taken off at its first request: a connection that
+    // lives for hours (a WebSocket, a stream) keeps nothing of the drain's.
+    function closedUnused(this: Socket): void {
+      unused.delete(this);
+    }
+    const used = (request: { socket: Socket }): void => {
+      const socket = request.socket;
+      if (unused.delete(socket)) socket.off('close', closedUnused);
+    };
     server.on('connection', (socket: Socket) => {
-      this.unused.add(socket);
-      socket.once('close', () => this.unused.delete(socket));
+      unused.add(socket);
+      socket.on('close', closedUnused);
     });
-    server.on('request', (request: { socket: Socket }) => this.unused.delete(request.socket));
-    if (upgrades) server.on('upgrade', (request: { socket: Socket }) => this.unused.delete(request.socket));
+    server.on('request', used);
+    if (upgrades) server.on('upgrade', used);
   }
 
   /** A long-lived response (an SSE stream) that shutdown must let finish writing. */

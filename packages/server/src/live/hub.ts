@@ -235,7 +235,7 @@ export class Hub implements SubscriberHooks {
     clearTimeout(this.expiryTimers.get(subscriber));
     this.expiryTimers.delete(subscriber);
     this.openings.delete(subscriber);
-    for (const runId of [...subscriber.runIds]) this.leave(subscriber, runId);
+    for (const runId of subscriber.runIds) this.leave(subscriber, runId);
     this.metrics.connections.dec({ transport: subscriber.transport });
   }
 
@@ -411,7 +411,7 @@ export class Hub implements SubscriberHooks {
   /** After a membership change: ends the connection's runs of that project it may no longer read. */
   private async recheckRuns(subscriber: Subscriber, principal: Principal, projectId: string): Promise<void> {
     if (await this.readable(principal, projectId)) return;
-    for (const runId of [...subscriber.runIds]) {
+    for (const runId of subscriber.runIds) {
       if (this.rooms.get(runId)?.projectId !== projectId) continue;
       this.leave(subscriber, runId);
       subscriber.sink.runFailed(runId, runGone(runId));
@@ -432,7 +432,7 @@ export class Hub implements SubscriberHooks {
   /** Ends every run of a connection with `error`, then the connection. */
   private endConnection(subscriber: Subscriber, error: AccessError): void {
     if (subscriber.isClosed) return;
-    for (const runId of [...subscriber.runIds]) {
+    for (const runId of subscriber.runIds) {
       this.leave(subscriber, runId);
       subscriber.sink.runFailed(runId, error);
     }

@@ -156,6 +156,23 @@ describe('Subscriber', () => {
     expect(sink.written).toEqual([[11, 2, 3]]);
   });
 
+  it('follows runs added and removed in any order', () => {
+    const { sink, subscriber } = setup();
+    subscriber.addRun('q');
+    subscriber.addRun('p');
+    expect([subscriber.runIds, subscriber.runCount]).toEqual([['r', 'q', 'p'], 3]);
+    subscriber.removeRun('r');
+    subscriber.addRun('s');
+    expect([subscriber.runIds.sort(), subscriber.runCount]).toEqual([['p', 'q', 's'], 3]);
+    for (const runId of ['p', 'q', 's']) subscriber.openRun(runId, 0);
+    subscriber.push(log(1, 'x', 'r'));
+    subscriber.push(log(1, 'x', 'q'));
+    subscriber.push(log(1, 'x', 's'));
+    subscriber.flush();
+    expect(sink.written).toEqual([[1, 1]]);
+    expect([subscriber.hasRun('r'), subscriber.hasRun('s')]).toEqual([false, true]);
+  });
+
   it('writes each flush on its own: nothing written before comes again', () => {
     const { sink, hooks, subscriber } = setup();
     subscriber.openRun('r', 0);

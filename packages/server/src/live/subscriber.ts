@@ -57,8 +57,8 @@ interface RunState {
   open: boolean;
   /** Seq of the last event queued for this run: later duplicates are dropped. */
   lastSeq: number;
-  /** Live events that arrived while the subscription was opening. */
-  early: EncodedEvent[];
+  /** Live events that arrived while the subscription was opening (none once it is open). */
+  early: EncodedEvent[] | undefined;
   /** This run's update still waiting in the queue, if any, and its index there. */
   pending: EncodedEvent | undefined;
   pendingAt: number;
@@ -77,7 +77,11 @@ interface RunState {
  * `maxQueuedBytes` the subscriber is disconnected and resumes from its last seq.
  */
 export class Subscriber {
-  private readonly runs = new Map<string, RunState>();
+  // The runs followed, by id. Most connections follow one run: it is held in two fields, and a
+  // Map (some 180 bytes a connection) is made only for the others.
+  private firstRunId: string | undefined;
+  private firstRun: RunState | undefined;
+  private otherRuns: Map<string, RunState> | undefined;
   /**
    * Events to write, in seq order. A conflated update leaves a hole (`undefined`) rather than
    * moving the others; the flush closes the holes.
@@ -85,14 +89,14 @@ export class Subscriber {
   private queue: (EncodedEvent | undefined)[] = [];
   private holes = 0;
   /** The array the last flush wrote, emptied: the next flush swaps it in instead of allocating. */
-  private spare: (EncodedEvent | undefined)[] | undefined = [];
+  private spare: (EncodedEvent | undefined)[] | undefined;
   private queuedBytes = 0;
   private earlyBytes = 0;
   private closed = false;
   /** Runs whose subscription asked for delta updates (a flush looks at run states only then). */
   private deltaRuns = 0;
   /** Openings waiting for the connection to take more (see `whenWritable`). */
-  private writableWaiters: ((writable: boolean) => void)[] = [];
+  private writableWaiters: ((writable: boolean) => void)[] | undefined;
 
   constructor(
     readonly sink: Sink,
@@ -108,22 +112,48 @@ export class Subscriber {
     return this.closed;
   }
 
-  get runIds(): IterableIterator<string> {
-    return this.runs.keys();
+  /** The runs followed or being opened (a copy). */
+  get runIds(): string[] {
+    const ids = this.otherRuns ? [...this.otherRuns.keys()] : [];
+    if (this.firstRunId !== undefined) ids.unshift(this.firstRunId);
+    return ids;
   }
 
   hasRun(runId: string): boolean {
-    return this.runs.has(runId);
+    return this.stateOf(runId) !== undefined;
   }
 
   /** Runs followed or being opened. */
   get runCount(): number {
-    return this.runs.size;
+    return (this.firstRunId === undefined ? 0 : 1) + (this.otherRuns?.size ?? 0);
+  }
+
+  private stateOf(runId: string): RunState | undefined {
+    return runId === this.firstRunId ? this.firstRun : this.otherRuns?.get(runId);
+  }
+
+  private setState(runId: string, state: RunState): void {
+    if (this.firstRunId === undefined) {
+      this.firstRunId = runId;
+      this.firstRun = state;
+    } else {
+      this.otherRuns ??= new Map();
+      this.otherRuns.set(runId, state);
+    }
+  }
+
+  private deleteState(runId: string): void {
+    if (runId === this.firstRunId) {
+      this.firstRunId = undefined;
+      this.firstRun = undefined;
+    } else {
+      this.otherRuns?.delete(runId);
+    }
   }
 
   /** True while the opening `token` of the run is still under way (not replaced, not open). */
   isOpening(runId: string, token: OpeningToken): boolean {
-    const state = this.runs.get(runId);
+    const state = this.stateOf(runId);
     return state === token && !state.open;
   }
 
@@ -135,7 +165,10 @@ export class Subscriber {
   whenWritable(): Promise<boolean> {
     if (this.closed) return Promise.resolve(false);
     if (this.queue.length === this.holes && !this.sink.isBusy()) return Promise.resolve(true);
-    return new Promise((resolve) => this.writableWaiters.push(resolve));
+    return new Promise((resolve) => {
+      this.writableWaiters ??= [];
+      this.writableWaiters.push(resolve);
+    });
   }
 
   /** Bytes waiting to be written (for tests and metrics). */
@@ -145,18 +178,18 @@ export class Subscriber {
 
   /** Starts following a run (or answers the opening under way); live events are held until `openRun`. */
   addRun(runId: string): OpeningToken {
-    let state = this.runs.get(runId);
+    let state = this.stateOf(runId);
     if (!state) {
       state = {
         open: false,
         lastSeq: -1,
-        early: [],
+        early: undefined,
         pending: undefined,
         pendingAt: -1,
         delta: false,
         stateSeq: -1,
       };
-      this.runs.set(runId, state);
+      this.setState(runId, state);
     }
     return state;
   }
@@ -167,7 +200,7 @@ export class Subscriber {
    * whenever the client holds the state it applies to.
    */
   openRun(runId: string, seq: number, delta = false): void {
-    const state = this.runs.get(runId);
+    const state = this.stateOf(runId);
     if (!state || state.open) return;
     state.open = true;
     state.lastSeq = seq;
@@ -175,8 +208,8 @@ export class Subscriber {
       state.delta = true;
       this.deltaRuns++;
     }
-    const early = state.early;
-    state.early = [];
+    const early = state.early ?? [];
+    state.early = undefined;
     for (const event of early) {
       this.earlyBytes -= event.size;
       this.push(event);
@@ -184,12 +217,12 @@ export class Subscriber {
   }
 
   removeRun(runId: string): boolean {
-    const state = this.runs.get(runId);
+    const state = this.stateOf(runId);
     if (!state) return false;
-    this.runs.delete(runId);
+    this.deleteState(runId);
     if (state.delta) this.deltaRuns--;
     this.dropPending(state);
-    for (const event of state.early) this.earlyBytes -= event.size;
+    for (const event of state.early ?? []) this.earlyBytes -= event.size;
     // Whatever of the run is still queued stays unwritten: the subscription is over.
     for (let i = 0; i < this.queue.length; i++) {
       const event = this.queue[i];
@@ -204,9 +237,10 @@ export class Subscriber {
   /** A committed event of a run this subscriber follows. */
   push(event: EncodedEvent): void {
     if (this.closed) return;
-    const state = this.runs.get(event.runId);
+    const state = this.stateOf(event.runId);
     if (!state) return;
     if (!state.open) {
+      state.early ??= [];
       state.early.push(event);
       this.earlyBytes += event.size;
       this.checkLimit();
@@ -304,7 +338,7 @@ export class Subscriber {
     for (let i = 0; i < events.length; i++) {
       const event = events[i] as EncodedEvent;
       if (!event.isUpdate) continue;
-      const state = this.runs.get(event.runId);
+      const state = this.stateOf(event.runId);
       if (!state?.delta) continue;
       const delta = event.baseSeq === state.stateSeq ? event.delta : undefined;
       if (delta) events[i] = delta;
@@ -320,9 +354,9 @@ export class Subscriber {
   }
 
   private wakeWritable(writable: boolean): void {
-    if (this.writableWaiters.length === 0) return;
     const waiters = this.writableWaiters;
-    this.writableWaiters = [];
+    if (waiters === undefined || waiters.length === 0) return;
+    this.writableWaiters = undefined;
     for (const resolve of waiters) resolve(writable);
   }
 

@@ -260,10 +260,10 @@ function plan(maxConnections: number, results: ScenarioResult[]): Planned[] {
           updates: quick ? 20 : 100,
           logs: quick ? 20 : 100,
           ratePerS: 20,
-          // Shorter windows, three rounds: the encodings are compared over more turns of the machine.
+          // Shorter windows, four rounds: the encodings are compared over more turns of the machine.
           fanout: fanout({ id: 'bytes', title: 'bytes', measureMs: quick ? 4000 : 10_000 }),
           idleConnections: quick ? 100 : 1000,
-          fanoutRounds: quick ? 1 : 3,
+          fanoutRounds: quick ? 1 : 4,
         },
         log,
       ),

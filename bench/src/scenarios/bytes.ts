@@ -503,10 +503,12 @@ export async function runBytes(params: BytesParams, log: (line: string) => void)
 
   // 3. CPU per delivered event and p99 at fan-out scale, each encoding on a fresh server, the
   // encodings in turn and then again (the machine drifts between runs more than encodings differ).
+  // Every other round takes them in reverse order, so that a drift over the rounds weighs on
+  // every encoding alike rather than most on the last of a round.
   const variants = fanoutVariants();
   const rounds = new Map<FanoutVariant, FanoutMeasurement[]>();
   for (let round = 0; round < params.fanoutRounds; round++) {
-    for (const variant of variants) {
+    for (const variant of round % 2 === 0 ? variants : [...variants].reverse()) {
       const fanoutParams: FanoutParams = {
         ...params.fanout,
         id: `bytes-${variant.transport}`,
@@ -701,7 +703,7 @@ export async function runBytes(params: BytesParams, log: (line: string) => void)
       'Bytes are counted by a TCP relay between the client and the server: HTTP heads, chunk framing, WebSocket frames and compression as they cross the socket. The viewer is `@runcast/client` with one transport allowed; its Accept-Encoding is set for each row (Node’s fetch would send `gzip, deflate`); the opening (snapshot, handshake) is not counted.',
       '“Today” is the encoding every viewer got before delta updates and compression: whole snapshots, no Content-Encoding. It is still what a client that does not ask for deltas and does not accept gzip gets.',
       'Polling rows count the request going up too: a poll cycle is the request and its answer. The client asks the long-poll to linger 100 ms after the first event, so events that follow at once share an answer; the “today” row does not linger, as the client did not.',
-      `Fan-out subscribers are the bench’s lean clients (raw SSE over TCP, the Socket.IO protocol over \`ws\`), asking for the encoding of their row; CPU per delivered event is the server’s utime+stime over the window divided by the events received. Each encoding is measured on a fresh server, all of them in turn, ${params.fanoutRounds} times over (the machine drifts between runs by more than the encodings differ: one configuration measured 10.1 and 13.6 µs in two rounds of one run): the CPU figure is the rounds’ mean, p99 the worst round’s.`,
+      `Fan-out subscribers are the bench’s lean clients (raw SSE over TCP, the Socket.IO protocol over \`ws\`), asking for the encoding of their row; CPU per delivered event is the server’s utime+stime over the window divided by the events received. Each encoding is measured on a fresh server, all of them in turn, ${params.fanoutRounds} times over, every other round in reverse order (the machine drifts between runs by more than the encodings differ: one configuration measured 10.1 and 13.6 µs in two rounds of one run): the CPU figure is the rounds’ mean, p99 the worst round’s.`,
       'Compressed fan-out subscribers inflate through shared results (`bench/src/load/shared-inflate.ts`): each unit is inflated alone, or after the connection’s last message, and the result serves every connection that received the same bytes after the same message — exactly what its own inflater would give, or an error. Without it one load core could not inflate 5,000 streams and the server’s figures measured a load that had fallen behind.',
     ],
     problems,

@@ -6,9 +6,11 @@ import { ConnectionDrain } from './drain.js';
 
 let server: Server | undefined;
 afterEach(async () => {
-  server?.closeAllConnections();
-  await new Promise((resolve) => server?.close(resolve));
+  const listening = server;
   server = undefined;
+  if (!listening) return;
+  listening.closeAllConnections();
+  await new Promise((resolve) => listening.close(resolve));
 });
 
 type Listener = (...args: unknown[]) => void;

@@ -206,8 +206,10 @@ export function attachSocketGateway(httpServer: HttpServer, options: SocketGatew
     const subscriber = hub.attach(sink, socket.data.principal);
     Object.assign(socket.data, { sink, subscriber, flush });
     engineOf(socket).transport.on('ready', flush);
-    // Socket.IO puts every socket in a room of its own id, two sets per connection; the gateway
-    // never addresses a socket by room (the Hub writes to each subscriber), so it leaves it.
+    // Socket.IO puts every socket in a room of its own id, a Set per connection; the gateway never
+    // addresses a socket by room (the Hub writes to each subscriber), so it leaves it. This holds
+    // while the gateway uses neither `socket.broadcast`/`socket.to` (which skip the sender by
+    // that room) nor connection state recovery (with which `socket.emit` goes through it).
     void socket.leave(socket.id);
     socket.on('disconnect', onDisconnect);
     socket.on(SOCKET_EVENTS.subscribe, onSubscribe);

@@ -173,6 +173,15 @@ describe('Subscriber', () => {
     expect([subscriber.hasRun('r'), subscriber.hasRun('s')]).toEqual([false, true]);
   });
 
+  it('counts no backlog once closed, whatever it held while opening', () => {
+    const { subscriber } = setup();
+    subscriber.push(log(1));
+    expect(subscriber.backlogBytes).toBeGreaterThan(0);
+    subscriber.close('CLIENT_CLOSED');
+    subscriber.removeRun('r');
+    expect(subscriber.backlogBytes).toBe(0);
+  });
+
   it('writes each flush on its own: nothing written before comes again', () => {
     const { sink, hooks, subscriber } = setup();
     subscriber.openRun('r', 0);

@@ -112,7 +112,7 @@ export class Subscriber {
     return this.closed;
   }
 
-  /** The runs followed or being opened (a copy). */
+  /** The runs followed or being opened (a copy, in no particular order). */
   get runIds(): string[] {
     const ids = this.otherRuns ? [...this.otherRuns.keys()] : [];
     if (this.firstRunId !== undefined) ids.unshift(this.firstRunId);
@@ -146,8 +146,8 @@ export class Subscriber {
     if (runId === this.firstRunId) {
       this.firstRunId = undefined;
       this.firstRun = undefined;
-    } else {
-      this.otherRuns?.delete(runId);
+    } else if (this.otherRuns?.delete(runId) && this.otherRuns.size === 0) {
+      this.otherRuns = undefined;
     }
   }
 
@@ -222,7 +222,8 @@ export class Subscriber {
     this.deleteState(runId);
     if (state.delta) this.deltaRuns--;
     this.dropPending(state);
-    for (const event of state.early ?? []) this.earlyBytes -= event.size;
+    // A closed subscriber counts nothing any more (`markClosed` zeroed its counts).
+    if (!this.closed) for (const event of state.early ?? []) this.earlyBytes -= event.size;
     // Whatever of the run is still queued stays unwritten: the subscription is over.
     for (let i = 0; i < this.queue.length; i++) {
       const event = this.queue[i];
